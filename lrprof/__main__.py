@@ -1,0 +1,5 @@
+import sys
+
+from lrprof.cli import main
+
+sys.exit(main())

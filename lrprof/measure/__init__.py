@@ -1,0 +1,1 @@
+"""Measurement: timing, memory, counting and device facts, each in its own module."""

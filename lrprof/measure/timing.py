@@ -1,0 +1,122 @@
+"""Latency: warm-up, then repeated runs, kept as a distribution rather than one number.
+
+CUDA: one pair of CUDA events around each call, read after a synchronise.
+CPU: torch.utils.benchmark.Timer.blocked_autorange with the thread count set
+explicitly (Timer runs on one thread unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-call latency distribution over `runs` timed runs, each averaging `calls_per_run` calls."""
+
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+    calls_per_run: int
+    method: str
+    threads: int | None = None
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.q3_ms - self.q1_ms
+
+    @classmethod
+    def from_times(
+        cls, times_ms: list[float], calls_per_run: int, method: str, threads: int | None = None
+    ) -> Stats:
+        if len(times_ms) < 2:
+            raise ValueError("a latency needs at least two timed runs")
+        q1, med, q3 = statistics.quantiles(times_ms, n=4, method="inclusive")
+        return cls(med, q1, q3, min(times_ms), max(times_ms), len(times_ms), calls_per_run,
+                   method, threads)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    warmup: int = 3  # calls before timing (at least this many, and at least warmup_s)
+    warmup_s: float = 0.2
+    min_runs: int = 10
+    min_time_s: float = 1.0  # CPU: total timed time asked of blocked_autorange
+    threads: int | None = None  # CPU threads; None keeps torch's current setting
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def warm_up(fn: Callable[[], object], device: torch.device, options: TimingOptions) -> float:
+    """Run `fn` until both warm-up bounds are met; returns the median call's seconds."""
+    started = time.perf_counter()
+    seconds: list[float] = []
+    while len(seconds) < options.warmup or time.perf_counter() - started < options.warmup_s:
+        t0 = time.perf_counter()
+        fn()
+        _synchronize(device)
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds)
+
+
+def time_cuda(fn: Callable[[], object], device: torch.device, options: TimingOptions) -> Stats:
+    warm_up(fn, device, options)
+    pairs = []
+    with torch.cuda.device(device):
+        for _ in range(options.min_runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            pairs.append((start, end))
+        torch.cuda.synchronize(device)
+    times = [s.elapsed_time(e) for s, e in pairs]
+    return Stats.from_times(times, 1, "CUDA events, one call per run, after warm-up")
+
+
+def time_cpu(fn: Callable[[], object], options: TimingOptions) -> Stats:
+    from torch.utils.benchmark import Timer
+
+    threads = options.threads or torch.get_num_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        per_call = warm_up(fn, torch.device("cpu"), options)
+    finally:
+        torch.set_num_threads(previous)
+    # Ask for enough time that blocked_autorange yields at least min_runs blocks.
+    budget = max(options.min_time_s, options.min_runs * per_call * 1.2)
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    measurement = timer.blocked_autorange(min_run_time=budget)
+    times = [t * 1e3 for t in measurement.times]
+    if len(times) < 2:  # a call slower than the whole budget: time two more, singly
+        times += [timer.timeit(1).times[0] * 1e3 for _ in range(2)]
+    return Stats.from_times(
+        times,
+        measurement.number_per_run,
+        "torch.utils.benchmark blocked_autorange after warm-up",
+        threads,
+    )
+
+
+def time_callable(
+    fn: Callable[[], object], device: torch.device, options: TimingOptions | None = None
+) -> Stats:
+    options = options or TimingOptions()
+    if device.type == "cuda":
+        return time_cuda(fn, device, options)
+    return time_cpu(fn, options)

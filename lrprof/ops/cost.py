@@ -1,0 +1,44 @@
+"""Analytical cost of an operator: exact terms, parameters and the published model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Term:
+    """One named part of the exact count, with the formula it came from."""
+
+    name: str
+    macs: int
+    formula: str
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """What an operator costs on paper, for one configuration.
+
+    `macs` are multiply-accumulates (1 MAC = 2 FLOPs). Softmax exponentials are not MACs
+    and are kept apart in `softmax_exps`. `paper_macs` is the published O-model evaluated
+    at this configuration (None when the operator has none). `activation_bytes` names the
+    tensors the operator must hold whatever the implementation, with their sizes.
+    """
+
+    terms: tuple[Term, ...]
+    params: int
+    softmax_exps: int = 0
+    paper_macs: float | None = None
+    paper_formula: str = ""
+    paper_band: tuple[float, float] = (0.5, 1.1)
+    activation_bytes: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def macs(self) -> int:
+        return sum(t.macs for t in self.terms)
+
+    def term(self, name: str) -> Term:
+        for t in self.terms:
+            if t.name == name:
+                return t
+        raise KeyError(name)

@@ -1,0 +1,267 @@
+"""Local relation layer (LR-Net, Hu et al., ICCV 2019) and its cost model.
+
+Data flow for input x (B, C, H, W), G = ceil(C / m) aggregation groups:
+
+1. key   = 1x1 conv C -> G on x at input resolution;
+2. query = 1x1 conv C -> G at output resolution (stride s on the 1x1);
+3. appearance logits Phi(q_p', k_p) for every p in the k x k window centred on p' * s;
+4. plus the geometry prior: 1x1 conv 2 -> h, ReLU, 1x1 conv h -> G over the real
+   relative offsets (p - p'), normalised to [-1, 1];
+5. neighbours outside the image are masked out of the softmax over the k^2 window;
+6. y(c, p') = sum_p w(group(c), p', p) x(c, p): channel c belongs to group c // m,
+   so the m channels of a group share one weight map;
+7. a final 1x1 conv C -> C.
+
+Rule when m does not divide C: G = ceil(C / m) groups of m channels each, the last
+group holding the remaining C - (G - 1) * m channels (LR-Net-50's width 100 with
+m = 8 gives 12 groups of 8 and one of 4). This rule reproduces the LR-Net tables.
+
+The implementation unfolds x into its k^2 windows (C * k^2 * H'W' elements): it is the
+readable reference, not the fast one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lrprof.errors import SpecError
+from lrprof.ops.cost import CostModel, Term
+from lrprof.spec import LayerSpec
+
+PHIS = ("sqdiff", "absdiff", "mul")
+IMPLS = ("unfold",)
+PAPER_FORMULA = "((1+s^2)/m + 1) * C * (C + k^2) * H*W / s^2"
+
+
+def num_groups(channels: int, m: int) -> int:
+    """G = ceil(C / m): the last group is smaller when m does not divide C."""
+    return -(-channels // m)
+
+
+def output_size(size: int, stride: int) -> int:
+    """'same' padding (k // 2) with stride s gives ceil(size / s)."""
+    return (size - 1) // stride + 1
+
+
+def relative_offsets(k: int) -> torch.Tensor:
+    """(1, 2, k, k) float64: the (row, column) offset of each window position from its
+    centre, scaled to [-1, 1] (all zeros for k = 1). Index [.., i, j] matches unfold's order.
+    Float64 so that each dtype gets its own correctly rounded copy (1/3 is not exact)."""
+    r = k // 2
+    steps = torch.arange(k, dtype=torch.float64) - r
+    if r > 0:
+        steps = steps / r
+    rows, cols = torch.meshgrid(steps, steps, indexing="ij")
+    return torch.stack([rows, cols]).unsqueeze(0)
+
+
+class LocalRelation2d(nn.Module):
+    """Local relation layer; see the module docstring for the data flow."""
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 7,
+        m: int = 8,
+        stride: int = 1,
+        phi: str = "sqdiff",
+        geometry_hidden: int | None = None,
+    ) -> None:
+        super().__init__()
+        if phi not in PHIS:
+            raise SpecError("phi", f"one of {', '.join(PHIS)}", phi)
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.m = m
+        self.stride = stride
+        self.phi = phi
+        self.groups = num_groups(channels, m)
+        self.geometry_hidden = geometry_hidden or self.groups
+        g, h = self.groups, self.geometry_hidden
+        self.key = nn.Conv2d(channels, g, 1, bias=False)
+        self.query = nn.Conv2d(channels, g, 1, stride=stride, bias=False)
+        self.geometry = nn.Sequential(nn.Conv2d(2, h, 1), nn.ReLU(), nn.Conv2d(h, g, 1))
+        self.out = nn.Conv2d(channels, channels, 1, bias=False)
+        # Constants kept out of the state dict and out of module.to(): a float32 copy
+        # widened to float64 later would carry float32 rounding into a float64 run.
+        self._offsets64 = relative_offsets(kernel_size)
+        self._offsets: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._outside: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, k={self.kernel_size}, m={self.m}, stride={self.stride}, "
+            f"phi={self.phi}, groups={self.groups}, geometry_hidden={self.geometry_hidden}"
+        )
+
+    def outside_mask(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """(1, 1, k^2, H'W') True where a window position falls outside the image."""
+        key = (height, width, device)
+        mask = self._outside.get(key)
+        if mask is None:
+            k, s = self.kernel_size, self.stride
+            ones = torch.ones(1, 1, height, width, device=device)
+            inside = F.unfold(ones, k, padding=k // 2, stride=s)
+            mask = (inside < 0.5).view(1, 1, k * k, -1)
+            self._outside[key] = mask
+        return mask
+
+    def offsets(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The relative offsets in `dtype`, rounded once from float64."""
+        key = (dtype, device)
+        if key not in self._offsets:
+            self._offsets[key] = self._offsets64.to(device=device, dtype=dtype)
+        return self._offsets[key]
+
+    def compose(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Appearance composability Phi(q, k), larger = more related."""
+        if self.phi == "sqdiff":
+            return -(query - keys).pow(2)
+        if self.phi == "absdiff":
+            return -(query - keys).abs()
+        return query * keys
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        k, s, g = self.kernel_size, self.stride, self.groups
+        pad = k // 2
+        query = self.query(x)  # (B, G, H', W')
+        out_h, out_w = query.shape[-2:]
+        # -1 rather than out_h * out_w: under tracing that product is an op of its own
+        keys = F.unfold(self.key(x), k, padding=pad, stride=s).view(b, g, k * k, -1)
+        logits = self.compose(query.flatten(2).unsqueeze(2), keys)
+        prior = self.geometry(self.offsets(x.dtype, x.device)).view(1, g, k * k, 1)
+        logits = (logits + prior).masked_fill(self.outside_mask(height, width, x.device), -math.inf)
+        weights = torch.softmax(logits, dim=2)  # (B, G, k^2, H'W')
+        windows = F.unfold(x, k, padding=pad, stride=s).view(b, c, k * k, -1)
+        y = self.aggregate(windows, weights).view(b, c, out_h, out_w)
+        return self.out(y)
+
+    def aggregate(self, windows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(B, C, k^2, L) windows, (B, G, k^2, L) weights -> (B, C, L): each group's m
+        channels share their group's weights (broadcast, not copied per channel)."""
+        # Sizes from the module, not the tensors: traced shape arithmetic would show up as ops.
+        c, m, k2 = self.channels, self.m, self.kernel_size**2
+        full = (c // m) * m  # channels in groups of exactly m
+        parts = []
+        if full:
+            grouped = windows[:, :full].reshape(-1, full // m, m, k2, windows.shape[-1])
+            shared = weights[:, : full // m].unsqueeze(2)
+            parts.append((grouped * shared).sum(dim=3).flatten(1, 2))
+        if full < c:  # the last, smaller group
+            parts.append((windows[:, full:] * weights[:, -1:]).sum(dim=2))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def validate(spec: LayerSpec) -> None:
+    if not isinstance(spec.k, int) or spec.k < 1 or spec.k % 2 == 0:
+        raise SpecError("k", "must be an odd integer >= 1", spec.k)
+    if not isinstance(spec.m, int) or not 1 <= spec.m <= spec.channels:
+        raise SpecError("m", f"must be an integer in 1..channels (1..{spec.channels})", spec.m)
+    if not isinstance(spec.stride, int) or not 1 <= spec.stride <= spec.k:
+        raise SpecError("stride", f"must be an integer in 1..k (1..{spec.k})", spec.stride)
+    phi = spec.option("phi", "sqdiff")
+    if phi not in PHIS:
+        raise SpecError("phi", f"one of {', '.join(PHIS)}", phi)
+    hidden = spec.option("geometry_hidden")
+    if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
+        raise SpecError("geometry-hidden", "must be an integer >= 1", hidden)
+
+
+def build(spec: LayerSpec) -> LocalRelation2d:
+    return LocalRelation2d(
+        spec.channels,
+        spec.k,
+        spec.m,
+        spec.stride,
+        phi=spec.option("phi", "sqdiff"),
+        geometry_hidden=spec.option("geometry_hidden"),
+    )
+
+
+def cost(spec: LayerSpec) -> CostModel:
+    return cost_of(
+        spec.channels, spec.height, spec.width, spec.k, spec.m, spec.stride, spec.batch,
+        geometry_hidden=spec.option("geometry_hidden"),
+        bytes_per_element=spec.torch_dtype.itemsize,
+    )
+
+
+def cost_of(
+    channels: int,
+    height: int,
+    width: int,
+    k: int,
+    m: int,
+    stride: int = 1,
+    batch: int = 1,
+    geometry_hidden: int | None = None,
+    bytes_per_element: int = 4,
+) -> CostModel:
+    """Exact term-by-term MACs, parameters and the paper's O-model for one layer."""
+    c, s, b = channels, stride, batch
+    g = num_groups(c, m)
+    h = geometry_hidden or g
+    hw = height * width
+    out_hw = output_size(height, s) * output_size(width, s)
+    k2 = k * k
+    terms = (
+        Term("key 1x1", b * c * g * hw, "B*C*G*H*W"),
+        Term("query 1x1", b * c * g * out_hw, "B*C*G*H'W'"),
+        Term("composability", b * g * k2 * out_hw, "B*G*k^2*H'W'"),
+        Term("softmax", 0, "B*G*k^2*H'W' exponentials, not MACs (softmax_exps)"),
+        Term("aggregation", b * c * k2 * out_hw, "B*C*k^2*H'W'"),
+        Term("final 1x1", b * c * c * out_hw, "B*C^2*H'W'"),
+        Term("geometry prior", k2 * h * (2 + g), "k^2*h*(2+G), once per forward"),
+    )
+    params = 2 * c * g + c * c + (2 * h + h) + (h * g + g)
+    paper = ((1 + s * s) / m + 1) * c * (c + k2) * hw / (s * s) * b
+    e = bytes_per_element
+    activation_bytes = {
+        "key": b * g * hw * e,
+        "query": b * g * out_hw * e,
+        "logits/weights": b * g * k2 * out_hw * e,
+        "aggregated": b * c * out_hw * e,
+        "output": b * c * out_hw * e,
+    }
+    return CostModel(
+        terms=terms,
+        params=params,
+        softmax_exps=b * g * k2 * out_hw,
+        paper_macs=paper,
+        paper_formula=PAPER_FORMULA,
+        activation_bytes=activation_bytes,
+        notes=(
+            f"G = ceil(C/m) = {g}" + ("" if c % m == 0 else f" (last group holds {c - (g - 1) * m})"),
+            f"geometry prior hidden width h = {h}",
+        ),
+    )
+
+
+def unfold_window_bytes(spec: LayerSpec) -> int:
+    """The unfold implementation's largest buffer: the k^2 windows of x."""
+    out_hw = output_size(spec.height, spec.stride) * output_size(spec.width, spec.stride)
+    return spec.batch * spec.channels * spec.k**2 * out_hw * spec.torch_dtype.itemsize
+
+
+def _register() -> None:
+    from lrprof.ops import OpDef, register_op
+
+    register_op(
+        OpDef(
+            name="lr",
+            summary="local relation layer (LR-Net): key/query 1x1, k x k relation softmax, 1x1",
+            impls=IMPLS,
+            validate=validate,
+            build=build,
+            cost=cost,
+            option_names=("phi", "geometry_hidden"),
+        )
+    )
+
+
+_register()

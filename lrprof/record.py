@@ -1,0 +1,202 @@
+"""The value types every command produces: one `Record` per measured configuration, and a
+`Report` holding records, the environment they came from, and the tables shown to people.
+
+A record flattens to one CSV row with stable, unit-suffixed column names (`row()`), and
+comes back from such a row (`Record.from_row`), so `lrprof compare` reads CSV and JSON alike.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from lrprof.measure.device import Environment
+from lrprof.measure.memory import MemoryStats
+from lrprof.measure.timing import Stats
+
+SCHEMA = "lrprof.report/1"
+
+# Identity columns, in display order; compare matches rows on those present.
+CONFIG_COLUMNS: list[str] = [
+    "net", "stage", "layer", "op", "impl", "phi", "geometry_hidden", "batch", "channels",
+    "height", "width", "k", "m", "stride", "dtype", "device",
+]
+# Figures that are exact for a given configuration: any change is a change of the model.
+EXACT_COLUMNS: list[str] = ["params", "counted_MACs", "exact_MACs", "counted_softmax_exps"]
+PHASES = ("fwd", "fwd_bwd")
+_STAT_FIELDS = ("median", "q1", "q3", "min", "max")
+ENV_COLUMNS = ["device_name", "torch_version", "lrprof_version", "git_commit"]
+
+
+def register_config_columns(*names: str) -> None:
+    """Operators with options of their own make them identity columns here."""
+    for name in names:
+        if name not in CONFIG_COLUMNS:
+            CONFIG_COLUMNS.append(name)
+
+
+def latency_columns(phase: str) -> list[str]:
+    return [f"{phase}_{f}_ms" for f in _STAT_FIELDS] + [f"{phase}_runs", f"{phase}_calls_per_run"]
+
+
+def memory_columns(phase: str) -> list[str]:
+    return [f"{phase}_peak_bytes", f"{phase}_peak_min_bytes", f"{phase}_peak_max_bytes",
+            f"{phase}_memory_runs"]
+
+
+@dataclass
+class Record:
+    """One measured configuration (a layer, a network, a stage or one layer of a network)."""
+
+    kind: str
+    name: str
+    config: dict[str, Any]
+    exact: dict[str, Any] = field(default_factory=dict)  # params, MACs: deterministic figures
+    checks: dict[str, Any] = field(default_factory=dict)  # ratios and verdicts derived from them
+    latency: dict[str, Stats] = field(default_factory=dict)  # phase -> distribution
+    memory: dict[str, MemoryStats] = field(default_factory=dict)  # phase -> peak
+    derived: dict[str, Any] = field(default_factory=dict)  # throughput, shares
+    detail: dict[str, Any] = field(default_factory=dict)  # JSON only: term tables, op lists
+    error: str | None = None
+
+    def key(self) -> tuple:
+        return (self.kind, self.name, *sorted((k, str(v)) for k, v in self.config.items()))
+
+    def row(self, env: Environment | None = None) -> dict[str, Any]:
+        row: dict[str, Any] = {"kind": self.kind, "name": self.name}
+        row.update({c: self.config[c] for c in CONFIG_COLUMNS if c in self.config})
+        row.update({c: v for c, v in self.config.items() if c not in row})
+        row.update(self.exact)
+        row.update(self.checks)
+        timing = next(iter(self.latency.values()), None)
+        for phase in PHASES:
+            stats = self.latency.get(phase)
+            for col, f in zip(latency_columns(phase), _STAT_FIELDS, strict=False):
+                row[col] = getattr(stats, f"{f}_ms") if stats else None
+            row[f"{phase}_runs"] = stats.runs if stats else None
+            row[f"{phase}_calls_per_run"] = stats.calls_per_run if stats else None
+        row["timing_method"] = timing.method if timing else None
+        row["threads"] = timing.threads if timing else None
+        mem = next(iter(self.memory.values()), None)
+        for phase in PHASES:
+            m = self.memory.get(phase)
+            values = (m.peak_bytes, m.min_bytes, m.max_bytes, m.runs) if m else (None,) * 4
+            row.update(dict(zip(memory_columns(phase), values, strict=True)))
+        row["resident_bytes"] = mem.resident_bytes if mem else None
+        row["memory_method"] = mem.method if mem else None
+        row.update(self.derived)
+        if env is not None:
+            row.update({c: getattr(env, c) for c in ENV_COLUMNS})
+        row["error"] = self.error
+        return row
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "config": self.config,
+            "exact": self.exact,
+            "checks": self.checks,
+            "latency": {k: v.to_dict() for k, v in self.latency.items()},
+            "memory": {k: v.to_dict() for k, v in self.memory.items()},
+            "derived": self.derived,
+            "detail": self.detail,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        return cls(
+            kind=data["kind"],
+            name=data["name"],
+            config=dict(data.get("config") or {}),
+            exact=dict(data.get("exact") or {}),
+            checks=dict(data.get("checks") or {}),
+            latency={k: Stats(**v) for k, v in (data.get("latency") or {}).items()},
+            memory={k: MemoryStats(**v) for k, v in (data.get("memory") or {}).items()},
+            derived=dict(data.get("derived") or {}),
+            detail=dict(data.get("detail") or {}),
+            error=data.get("error"),
+        )
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Record:
+        """Rebuild what compare needs from a CSV row (values already typed by the reader)."""
+        config = {c: row[c] for c in CONFIG_COLUMNS if row.get(c) not in (None, "")}
+        exact = {c: row[c] for c in EXACT_COLUMNS if row.get(c) not in (None, "")}
+        latency = {}
+        for phase in PHASES:
+            if row.get(f"{phase}_median_ms") in (None, ""):
+                continue
+            latency[phase] = Stats(
+                *(float(row[c]) for c in latency_columns(phase)[:5]),
+                runs=int(row[f"{phase}_runs"]),
+                calls_per_run=int(row[f"{phase}_calls_per_run"] or 1),
+                method=str(row.get("timing_method") or ""),
+                threads=int(row["threads"]) if row.get("threads") not in (None, "") else None,
+            )
+        memory = {}
+        for phase in PHASES:
+            cols = memory_columns(phase)
+            if row.get(cols[0]) in (None, ""):
+                continue
+            resident = row.get("resident_bytes")
+            memory[phase] = MemoryStats(
+                *(int(float(row[c])) for c in cols),
+                resident_bytes=int(float(resident)) if resident not in (None, "") else None,
+                method=str(row.get("memory_method") or ""),
+            )
+        return cls(kind=str(row.get("kind") or ""), name=str(row.get("name") or ""),
+                   config=config, exact=exact, latency=latency, memory=memory,
+                   error=row.get("error") or None)
+
+
+@dataclass
+class Section:
+    """A table for people (terminal and markdown); machines read the records instead."""
+
+    title: str
+    rows: list[dict[str, Any]]
+    note: str = ""
+
+
+@dataclass
+class Report:
+    command: str
+    environment: Environment
+    records: list[Record] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [r.row(self.environment) for r in self.records]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "command": self.command,
+            "argv": self.argv,
+            "created": self.created,
+            "environment": self.environment.to_dict(),
+            "notes": self.notes,
+            "records": [r.to_dict() for r in self.records],
+            "sections": [{"title": s.title, "note": s.note, "rows": s.rows} for s in self.sections],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        return cls(
+            command=data["command"],
+            environment=Environment.from_dict(data["environment"]),
+            records=[Record.from_dict(r) for r in data.get("records", [])],
+            sections=[Section(s["title"], s["rows"], s.get("note", ""))
+                      for s in data.get("sections", [])],
+            notes=list(data.get("notes", [])),
+            argv=list(data.get("argv", [])),
+            created=data.get("created", ""),
+        )
