@@ -245,8 +245,10 @@ def memory_rows(records: list[Record]) -> list[dict]:
 
 def layer_report(records: list[Record], argv: list[str] | None = None,
                  environment: device_facts.Environment | None = None) -> Report:
-    device = torch.device(records[0].config["device"]) if records else torch.device("cpu")
-    env = environment or device_facts.collect(device)
+    if environment is None:
+        device = torch.device(records[0].config["device"]) if records else torch.device("cpu")
+        environment = device_facts.collect(device)
+    env = environment
     sections = [
         Section("Layer", summary_rows(records),
                 "latency: milliseconds per call, median [first-third quartile], n timed runs"),
@@ -270,6 +272,7 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
         f"timing: {records[0].latency['fwd'].method}" if records and "fwd" in records[0].latency
         else "timing: not measured",
     ]
-    if env.device == "cpu":
-        notes.append(f"CPU timings ran on {env.torch_threads} torch threads.")
+    threads = sorted({s.threads for r in records for s in r.latency.values() if s.threads})
+    if threads:
+        notes.append(f"CPU timings ran on {', '.join(map(str, threads))} torch thread(s).")
     return Report("layer", env, list(records), sections, notes, argv or [])

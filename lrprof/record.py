@@ -42,7 +42,7 @@ def latency_columns(phase: str) -> list[str]:
 
 def memory_columns(phase: str) -> list[str]:
     return [f"{phase}_peak_bytes", f"{phase}_peak_min_bytes", f"{phase}_peak_max_bytes",
-            f"{phase}_memory_runs"]
+            f"{phase}_memory_runs", f"{phase}_resident_bytes"]
 
 
 @dataclass
@@ -81,9 +81,9 @@ class Record:
         mem = next(iter(self.memory.values()), None)
         for phase in PHASES:
             m = self.memory.get(phase)
-            values = (m.peak_bytes, m.min_bytes, m.max_bytes, m.runs) if m else (None,) * 4
+            values = ((m.peak_bytes, m.min_bytes, m.max_bytes, m.runs, m.resident_bytes) if m
+                      else (None,) * 5)
             row.update(dict(zip(memory_columns(phase), values, strict=True)))
-        row["resident_bytes"] = mem.resident_bytes if mem else None
         row["memory_method"] = mem.method if mem else None
         row.update(self.derived)
         if env is not None:
@@ -141,9 +141,9 @@ class Record:
             cols = memory_columns(phase)
             if row.get(cols[0]) in (None, ""):
                 continue
-            resident = row.get("resident_bytes")
+            resident = row.get(cols[4])
             memory[phase] = MemoryStats(
-                *(int(float(row[c])) for c in cols),
+                *(int(float(row[c])) for c in cols[:4]),
                 resident_bytes=int(float(resident)) if resident not in (None, "") else None,
                 method=str(row.get("memory_method") or ""),
             )

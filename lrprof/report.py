@@ -113,6 +113,7 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; reports are ordinary files
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -121,6 +122,12 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_writable(directory: Path) -> None:
@@ -142,6 +149,10 @@ def report_paths(command: str, out: Path | None, default_dir: Path = Path("repor
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = default_dir / f"{command}-{stamp}"
+        serial = 1
+        while any(base.with_name(f"{base.name}.{f}").exists() for f in FORMATS):
+            serial += 1  # a second run within the same second
+            base = default_dir / f"{command}-{stamp}-{serial}"
     return {f: base.with_name(f"{base.name}.{f}") for f in FORMATS}
 
 

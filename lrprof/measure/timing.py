@@ -98,13 +98,17 @@ def time_cpu(fn: Callable[[], object], options: TimingOptions) -> Stats:
         per_call = warm_up(fn, torch.device("cpu"), options)
     finally:
         torch.set_num_threads(previous)
-    # Ask for enough time that blocked_autorange yields at least min_runs blocks.
-    budget = max(options.min_time_s, options.min_runs * per_call * 1.2)
+    # blocked_autorange picks its own block size (1, 10, 100... calls), so the time asked
+    # for may give fewer blocks than min_runs: ask again with a budget from the block seen.
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    measurement = timer.blocked_autorange(min_run_time=budget)
+    budget = max(options.min_time_s, options.min_runs * per_call * 1.2)
+    for _ in range(3):
+        measurement = timer.blocked_autorange(min_run_time=budget)
+        if len(measurement.times) >= options.min_runs:
+            break
+        block_s = statistics.median(measurement.times) * measurement.number_per_run
+        budget = max(budget, options.min_runs * block_s * 1.25)
     times = [t * 1e3 for t in measurement.times]
-    if len(times) < 2:  # a call slower than the whole budget: time two more, singly
-        times += [timer.timeit(1).times[0] * 1e3 for _ in range(2)]
     return Stats.from_times(
         times,
         measurement.number_per_run,
