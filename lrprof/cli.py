@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_ARGUMENTS = {"net": "NAME"}  # API parameter names that are positional arguments here
 
 
 @app.callback()
@@ -30,8 +31,23 @@ def _group() -> None:
     """lrprof: layer, net and compare."""
 
 
+_invocation: list[str] = []  # the arguments main() was given, recorded in every report
+
+
 def _argv() -> list[str]:
-    return sys.argv[1:]
+    return list(_invocation)
+
+
+def _set_threads(threads: int | None) -> None:
+    """--threads applies to the whole run (counting, timing, memory), so the report's
+    environment and every timing agree on it."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise SpecError("threads", "must be an integer >= 1", threads)
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _out_dir(out: Path | None) -> Path | None:
@@ -44,12 +60,12 @@ def _out_dir(out: Path | None) -> Path | None:
     return out
 
 
-def _emit(report, out: Path | None, quiet: bool, sections=None) -> list[Path]:
+def _emit(report, out: Path | None, quiet: bool, sections=None, paths=None) -> list[Path]:
     from lrprof.report import render_terminal, report_paths, write_report
 
     if not quiet:
         typer.echo(render_terminal(report, sections))
-    written = write_report(report, report_paths(report.command, out))
+    written = write_report(report, paths or report_paths(report.command, out))
     typer.echo("wrote " + ", ".join(str(p) for p in written))
     return written
 
@@ -87,8 +103,7 @@ def layer(
     height, width = parse_size(size)
     if min_runs < 2:
         raise SpecError("min-runs", "must be an integer >= 2", min_runs)
-    if threads is not None and threads < 1:
-        raise SpecError("threads", "must be an integer >= 1", threads)
+    _set_threads(threads)
     if min_time <= 0:
         raise SpecError("min-time", "must be a number of seconds > 0", min_time)
     resolved = resolve_device(device)
@@ -100,25 +115,133 @@ def layer(
     out = _out_dir(out)
     options = MeasureOptions(
         backward=backward,
-        timing=TimingOptions(min_runs=min_runs, min_time_s=min_time, threads=threads),
+        timing=TimingOptions(min_runs=min_runs, min_time_s=min_time),
         stock_counters=stock,
     )
     record = profile_layer(spec, options)
-    report = layer_report([record], ["layer", *_argv()[1:]])
+    report = layer_report([record], _argv())
     _emit(report, out, quiet, report.sections[:3])
     if record.error:
         typer.echo(f"lrprof: measuring failed: {record.error}", err=True)
         raise typer.Exit(EXIT_FAILED)
 
 
+@app.command()
+def net(
+    name: Annotated[str | None, typer.Argument(help="network, e.g. lr50 (see --list)")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list the registered networks")] = False,
+    vs: Annotated[str | None, typer.Option(help="profile this network too, same run")] = None,
+    k: Annotated[int | None, typer.Option(help="LR-Net: window size of the bottleneck layers")] = None,
+    m: Annotated[int | None, typer.Option(help="LR-Net: channels per aggregation group")] = None,
+    batch: Annotated[int, typer.Option(help="batch size B")] = 1,
+    size: Annotated[str, typer.Option(help="input size N or HxW")] = "224",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N (default: cuda if present)")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16 or float64")] = "float32",
+    backward: Annotated[bool, typer.Option("--backward", help="also time forward+backward")] = False,
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="break down by layer too")] = False,
+    min_runs: Annotated[int, typer.Option(help="fewest timed runs of the whole net (>= 2)")] = 5,
+    min_time: Annotated[float, typer.Option(help="CPU: seconds of timed runs at least")] = 0.5,
+    hooked_runs: Annotated[int, typer.Option(help="runs for the stage/layer breakdown (>= 2)")] = 5,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's)")] = None,
+    stock: Annotated[bool, typer.Option(help="also run stock fvcore and FlopCounterMode")] = True,
+    out: Annotated[Path | None, typer.Option(help="write DIR/net.{md,csv,json}")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="print only the paths written")] = False,
+) -> None:
+    """Profile a whole network: totals, stages, layers, and the paper's table."""
+    from lrprof.measure.timing import TimingOptions
+    from lrprof.netprofile import NetOptions, NetSpec, net_report, profile_net
+    from lrprof.nets import list_nets
+    from lrprof.report import report_paths, write_report
+    from lrprof.spec import parse_size, resolve_device
+
+    if list_:
+        for net_def in list_nets():
+            typer.echo(f"{net_def.name:10s} {net_def.summary}")
+        return
+    if name is None:
+        raise SpecError("net", "a network name (lrprof net --list shows them)", None)
+    for flag, value in (("min-runs", min_runs), ("hooked-runs", hooked_runs)):
+        if value < 2:
+            raise SpecError(flag, "must be an integer >= 2", value)
+    if min_time <= 0:
+        raise SpecError("min-time", "must be a number of seconds > 0", min_time)
+    _set_threads(threads)
+    height, width = parse_size(size)
+    resolved = str(resolve_device(device))
+    overrides = tuple((key, v) for key, v in (("k", k), ("m", m)) if v is not None)
+    specs = [NetSpec(name, batch, height, width, dtype, resolved, overrides)]
+    if vs is not None:
+        specs.append(NetSpec(vs, batch, height, width, dtype, resolved))
+    for spec in specs:
+        spec.validate()
+    out = _out_dir(out)
+    paths = report_paths("net", out)
+    options = NetOptions(
+        backward=backward,
+        per_layer=per_layer,
+        timing=TimingOptions(warmup=1, warmup_s=0.0, min_runs=min_runs, min_time_s=min_time),
+        hooked_runs=hooked_runs,
+        stock_counters=stock,
+    )
+    profiles = []
+    for spec in specs:
+        profiles.append(profile_net(spec, options))
+        report, terminal = net_report(profiles, _argv())
+        write_report(report, paths)  # after each net: an interrupted run keeps what it measured
+    _emit(report, out, quiet, terminal, paths)
+    failed = [p.net for p in profiles if p.net.error]
+    for record in failed:
+        typer.echo(f"lrprof: measuring {record.name} failed: {record.error}", err=True)
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def compare(
+    old: Annotated[Path, typer.Argument(help="baseline report (.json or .csv)")],
+    new: Annotated[Path, typer.Argument(help="current report (.json or .csv)")],
+    max_slowdown: Annotated[str, typer.Option(help="latency growth allowed, e.g. 10%")] = "10%",
+    max_memory_growth: Annotated[str, typer.Option(help="peak memory growth allowed")] = "5%",
+    allow_model_change: Annotated[
+        bool, typer.Option("--allow-model-change", help="do not fail when params or MACs change")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="different device or versions: error, not a warning")
+    ] = False,
+    format_: Annotated[str, typer.Option("--format", help="text, markdown or json")] = "text",
+    out: Annotated[Path | None, typer.Option(help="also write DIR/compare.{md,json}")] = None,
+) -> None:
+    """Compare two reports: exit 0 without regression, 1 with one, 2 on bad input."""
+    from lrprof import compare as cmp
+    from lrprof.report import write_atomic
+
+    if format_ not in cmp.RENDERERS:
+        raise SpecError("format", f"one of {', '.join(cmp.RENDERERS)}", format_)
+    thresholds = cmp.Thresholds(
+        max_slowdown=cmp.parse_percent(max_slowdown, "max-slowdown"),
+        max_memory_growth=cmp.parse_percent(max_memory_growth, "max-memory-growth"),
+        allow_model_change=allow_model_change,
+    )
+    if out is not None:
+        _out_dir(out)
+    result = cmp.compare(old, new, thresholds, strict=strict)
+    typer.echo(cmp.RENDERERS[format_](result), nl=format_ == "text")
+    if out is not None:
+        write_atomic(out / "compare.md", cmp.render_markdown(result))
+        write_atomic(out / "compare.json", cmp.render_json(result))
+    if result.regression:
+        raise typer.Exit(EXIT_FAILED)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns every usage error into one line and status 2."""
     command = typer.main.get_command(app)
-    args = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:] if argv is None else list(argv)
+    _invocation[:] = args
     try:
         result = command.main(args=args, prog_name="lrprof", standalone_mode=False)
     except SpecError as exc:
-        name = exc.param if exc.param.startswith("-") else f"--{exc.param.replace('_', '-')}"
+        name = _ARGUMENTS.get(exc.param) or f"--{exc.param.replace('_', '-')}"
         shown = "" if exc.got is None else f" (got {exc.got!r})"
         typer.echo(f"lrprof: error: {name}: {exc.allowed}{shown}", err=True)
         return EXIT_USAGE

@@ -56,20 +56,22 @@ def cuda_peak(fn: Callable[[], object], device: torch.device, runs: int = 3) -> 
 
 @contextlib.contextmanager
 def _kineto_quiet() -> Iterator[None]:
-    """The profiler prints start/stop lines from C++ on fd 2; keep them off the terminal."""
+    """The profiler prints start/stop lines from C++ straight to file descriptor 2 (whatever
+    sys.stderr is at the time); point that descriptor at /dev/null meanwhile."""
+    for stream in (sys.stderr, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            stream.flush()
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
+        saved = os.dup(2)
+    except OSError:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(fd)
     try:
         with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), fd)
+            os.dup2(null.fileno(), 2)
             yield
     finally:
-        os.dup2(saved, fd)
+        os.dup2(saved, 2)
         os.close(saved)
 
 

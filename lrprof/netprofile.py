@@ -1,0 +1,497 @@
+"""Profile a whole network: totals, a per-stage and (on request) a per-layer breakdown,
+each held against the exact formula count, and the whole net against the paper's table.
+
+    profile = profile_net(NetSpec("lr50"))
+    report = net_report([profile])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrprof.layer import error_text
+from lrprof.measure import counting
+from lrprof.measure import device as device_facts
+from lrprof.measure.memory import peak_memory, tensor_bytes
+from lrprof.measure.timing import Stats, TimingOptions, time_callable
+from lrprof.nets import STAGES, PaperFigures, create_net, display_name, get_net
+from lrprof.nets.cost import LayerCost, exact_costs
+from lrprof.spec import DTYPES, resolve_device, resolve_dtype
+
+PARAMS_TOLERANCE_PCT = 1.0
+MACS_TOLERANCE_PCT = 3.0
+HOOK_METHOD = "forward pre/post hooks, clock read after synchronize; median over hooked runs"
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    name: str
+    batch: int = 1
+    height: int = 224
+    width: int = 224
+    dtype: str = "float32"
+    device: str = "cpu"
+    options: tuple[tuple[str, Any], ...] = ()  # builder overrides, e.g. (("k", 5),)
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    @property
+    def label(self) -> str:
+        return display_name(self.name, **self.overrides)
+
+    def config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"net": self.label, "batch": self.batch, "height": self.height,
+                               "width": self.width, "dtype": self.dtype,
+                               "device": torch.device(self.device).type}
+        return out
+
+    def validate(self) -> None:
+        build_meta(self)  # the builder checks its options; meta: no memory, no compute
+        for name in ("batch", "height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                from lrprof.errors import SpecError
+
+                raise SpecError(name if name == "batch" else "size", "must be an integer >= 1", value)
+        resolve_dtype(self.dtype)
+
+
+@dataclass(frozen=True)
+class NetOptions:
+    backward: bool = False
+    per_layer: bool = False
+    timing: TimingOptions = field(
+        default_factory=lambda: TimingOptions(warmup=1, warmup_s=0.0, min_runs=5, min_time_s=0.5)
+    )
+    hooked_runs: int = 5
+    memory_runs: int = 2
+    stock_counters: bool = True
+    seed: int = 0
+
+
+@dataclass
+class NetProfile:
+    spec: NetSpec
+    net: Any  # Record of kind "net"
+    stages: list = field(default_factory=list)  # Records of kind "stage"
+    layers: list = field(default_factory=list)  # Records of kind "net-layer"
+
+
+def _pct(part: float | None, whole: float | None) -> float | None:
+    if part is None or not whole:
+        return None
+    return 100.0 * part / whole
+
+
+def build_meta(spec: NetSpec) -> nn.Module:
+    with torch.device("meta"):
+        return create_net(spec.name, **spec.overrides).eval()
+
+
+def exact_by_layer(spec: NetSpec, overrides: dict[str, Any] | None = None) -> list[LayerCost]:
+    """Formula counts of every layer, from a meta-device build (no weights, no compute)."""
+    options = spec.overrides if overrides is None else overrides
+    with torch.device("meta"):
+        net = create_net(spec.name, **options).eval()
+    return exact_costs(net, (spec.batch, 3, spec.height, spec.width))
+
+
+def _stage_of(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def time_parts(net: nn.Module, x: torch.Tensor, names: Iterable[str], device: torch.device,
+               runs: int) -> dict[str, list[float]]:
+    """Milliseconds spent inside each named module, per hooked forward pass. The clock is
+    read after a synchronize on entry and exit, so each part's time is its own; the
+    synchronizations themselves make the hooked pass slower than an unhooked one."""
+    modules = dict(net.named_modules())
+    started: dict[str, float] = {}
+    current: dict[str, float] = {}  # this pass: name -> ms (summed if a module runs twice)
+    times: dict[str, list[float]] = {n: [] for n in names}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def pre(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            sync()
+            started[name] = time.perf_counter()
+        return hook
+
+    def post(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: Any) -> None:
+            sync()
+            current[name] = current.get(name, 0.0) + (time.perf_counter() - started[name]) * 1e3
+        return hook
+
+    handles = []
+    for name in times:
+        handles.append(modules[name].register_forward_pre_hook(pre(name)))
+        handles.append(modules[name].register_forward_hook(post(name)))
+    try:
+        with torch.no_grad():
+            for run in range(runs + 1):  # the first pass warms the hooked path
+                current.clear()
+                net(x)
+                if run:
+                    for name in times:
+                        times[name].append(current.get(name, 0.0))
+    finally:
+        for h in handles:
+            h.remove()
+    return times
+
+
+def paper_checks(params: int, macs: int, figures: Iterable[PaperFigures]) -> list[dict[str, Any]]:
+    rows = []
+    for fig in figures:
+        dp = 100.0 * (params - fig.params) / fig.params
+        dm = 100.0 * (macs - fig.macs) / fig.macs
+        ok = abs(dp) <= PARAMS_TOLERANCE_PCT and abs(dm) <= MACS_TOLERANCE_PCT
+        rows.append({
+            "source": fig.source,
+            "printed params (M)": fig.params / 1e6,
+            "ours params (M)": params / 1e6,
+            "params diff (%)": dp,
+            "printed MACs (G)": fig.macs / 1e9,
+            "ours MACs (G)": macs / 1e9,
+            "MACs diff (%)": dm,
+            "verdict": "pass" if ok else "fail",
+        })
+    return rows
+
+
+def profile_net(spec: NetSpec, options: NetOptions | None = None) -> NetProfile:
+    """Count, time and measure one network. A failure while measuring (out of memory, a
+    kernel error) is kept in the net record's `error` with what was measured before it."""
+    from lrprof.record import Record
+
+    options = options or NetOptions()
+    spec.validate()
+    device = resolve_device(spec.device)
+    spec = NetSpec(spec.name, spec.batch, spec.height, spec.width, spec.dtype, str(device),
+                   spec.options)
+    config = spec.config()
+    netdef = get_net(spec.name)
+    exact = exact_by_layer(spec)
+    record = Record(kind="net", name=spec.label, config=dict(config))
+    profile = NetProfile(spec, record)
+    exact_total = sum(c.macs for c in exact)
+    record.exact.update({"params": sum(c.params for c in exact), "exact_MACs": exact_total,
+                         "exact_softmax_exps": sum(c.softmax_exps for c in exact)})
+    figures = netdef.paper if not spec.overrides else ()
+    record.checks.update(dict.fromkeys(("paper_params_diff_pct", "paper_MACs_diff_pct", "paper_verdict")))
+    if figures:  # the tables are for 224x224, batch 1: count that input whatever this run's is
+        at_paper_input = (spec.batch, spec.height, spec.width) == (1, 224, 224)
+        paper_costs = exact if at_paper_input else exact_by_layer(NetSpec(spec.name))
+        rows = paper_checks(record.exact["params"], sum(c.macs for c in paper_costs), figures)
+        record.detail["paper_check"] = rows
+        record.checks.update({"paper_params_diff_pct": rows[0]["params diff (%)"],
+                              "paper_MACs_diff_pct": rows[0]["MACs diff (%)"],
+                              "paper_verdict": rows[0]["verdict"]})
+    torch.manual_seed(options.seed)
+    try:
+        net = create_net(spec.name, **spec.overrides).to(device=device, dtype=DTYPES[spec.dtype])
+        net.eval()
+        x = torch.randn(spec.batch, 3, spec.height, spec.width, device=device,
+                        dtype=DTYPES[spec.dtype])
+        _count(profile, net, x, exact, options)
+        _measure(profile, net, x, device, options)
+        _breakdown(profile, net, x, device, exact, options)
+    except (RuntimeError, MemoryError) as exc:
+        record.error = error_text(exc)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return profile
+
+
+def _count(profile: NetProfile, net: nn.Module, x: torch.Tensor, exact: list[LayerCost],
+           options: NetOptions) -> None:
+    record = profile.net
+    counted = counting.count(net, x, per_module=True)
+    record.exact.update({"counted_MACs": counted.macs, "counted_softmax_exps": counted.softmax_exps})
+    exact_total = record.exact["exact_MACs"]
+    match = counted.macs == exact_total and counted.softmax_exps == record.exact["exact_softmax_exps"]
+    record.checks.update({"exact_match": match,
+                          "uncounted_ops": counting.uncounted_text(counted.uncounted),
+                          "verdict": "ok" if match and counted.complete else
+                          "; ".join(p for p, bad in (("counted != exact", not match),
+                                                     ("uncounted ops", not counted.complete)) if bad)})
+    record.detail["ops"] = [o.__dict__ for o in counted.by_op]
+    record.detail["module_macs"] = counted.module_macs
+    if options.stock_counters:
+        stock = counting.stock_counts(net, x)
+        record.exact.update({"fvcore_stock_MACs": stock.fvcore_macs,
+                             "torch_flopcounter_FLOPs": stock.flopcounter_flops,
+                             "torch_flopcounter_MACs": stock.flopcounter_macs})
+        record.detail["fvcore_stock_skipped"] = stock.fvcore_skipped
+
+
+def _measure(profile: NetProfile, net: nn.Module, x: torch.Tensor, device: torch.device,
+             options: NetOptions) -> None:
+    record = profile.net
+
+    def forward() -> None:
+        with torch.no_grad():
+            net(x)
+
+    resident = tensor_bytes(net, x)
+    record.latency["fwd"] = time_callable(forward, device, options.timing)
+    record.derived["fwd_images_per_s"] = x.shape[0] / (record.latency["fwd"].median_ms / 1e3)
+    record.memory["fwd"] = peak_memory(forward, device, options.memory_runs, resident)
+    if options.backward:
+        net.train()
+        try:
+            out = net(x)
+            grad = torch.randn_like(out)
+            del out
+            params = [p for p in net.parameters() if p.requires_grad]
+
+            def forward_backward() -> None:
+                torch.autograd.grad(net(x), params, grad)
+
+            record.latency["fwd_bwd"] = time_callable(forward_backward, device, options.timing)
+            record.derived["fwd_bwd_images_per_s"] = (
+                x.shape[0] / (record.latency["fwd_bwd"].median_ms / 1e3))
+            record.memory["fwd_bwd"] = peak_memory(forward_backward, device, options.memory_runs,
+                                                   resident + tensor_bytes(grad))
+        finally:
+            net.eval()
+        record.detail["backward_mode"] = "train mode (batch norm uses batch statistics)"
+
+
+def _breakdown(profile: NetProfile, net: nn.Module, x: torch.Tensor, device: torch.device,
+               exact: list[LayerCost], options: NetOptions) -> None:
+    from lrprof.record import Record
+
+    record = profile.net
+    module_macs: dict[str, int] = record.detail.get("module_macs", {})
+    total_counted = record.exact.get("counted_MACs")
+    modules = dict(net.named_modules())
+    stage_times = time_parts(net, x, STAGES, device, options.hooked_runs)
+    hooked_total = [sum(run) for run in zip(*stage_times.values(), strict=True)]
+    stage_median = {s: Stats.from_times(t, 1, HOOK_METHOD).median_ms for s, t in stage_times.items()}
+    total_median = sum(stage_median.values())
+    record.derived["hooked_fwd_median_ms"] = Stats.from_times(hooked_total, 1, HOOK_METHOD).median_ms
+    for stage in STAGES:
+        exact_stage = sum(c.macs for c in exact if _stage_of(c.name) == stage)
+        r = Record(kind="stage", name=f"{profile.spec.label}:{stage}",
+                   config={**record.config, "stage": stage})
+        r.exact.update({"params": sum(p.numel() for p in modules[stage].parameters()),
+                        "counted_MACs": module_macs.get(stage), "exact_MACs": exact_stage})
+        r.checks["exact_match"] = module_macs.get(stage) == exact_stage
+        r.latency["fwd"] = Stats.from_times(stage_times[stage], 1, HOOK_METHOD)
+        r.derived.update({
+            "MACs_share_pct": _pct(module_macs.get(stage), total_counted),
+            "latency_share_pct": _pct(stage_median[stage], total_median),
+        })
+        profile.stages.append(r)
+    if not options.per_layer:
+        return
+    names = [c.name for c in exact]
+    layer_times = time_parts(net, x, names, device, options.hooked_runs)
+    medians = {n: Stats.from_times(t, 1, HOOK_METHOD).median_ms for n, t in layer_times.items()}
+    layers_total = sum(medians.values())
+    record.derived["hooked_layers_sum_ms"] = layers_total
+    for c in exact:
+        r = Record(kind="net-layer", name=f"{profile.spec.label}:{c.name}",
+                   config={**record.config, "layer": c.name})
+        r.exact.update({"params": c.params, "counted_MACs": module_macs.get(c.name),
+                        "exact_MACs": c.macs})
+        r.checks["exact_match"] = module_macs.get(c.name) == c.macs
+        r.latency["fwd"] = Stats.from_times(layer_times[c.name], 1, HOOK_METHOD)
+        r.derived.update({
+            "type": c.kind,
+            "MACs_share_pct": _pct(module_macs.get(c.name), total_counted),
+            "latency_share_pct": _pct(medians[c.name], layers_total),
+        })
+        profile.layers.append(r)
+
+
+# ---- the report people read -------------------------------------------------------------
+
+
+def _ms(stats: Stats | None) -> str:
+    if stats is None:
+        return ""
+    return f"{stats.median_ms:.2f} [{stats.q1_ms:.2f}-{stats.q3_ms:.2f}] n={stats.runs}"
+
+
+def summary_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
+    rows = []
+    for p in profiles:
+        r = p.net
+        row = {
+            "net": r.name,
+            "params (M)": r.exact.get("params", 0) / 1e6,
+            "counted MACs (G)": (r.exact.get("counted_MACs") or 0) / 1e9,
+            "exact MACs (G)": r.exact.get("exact_MACs", 0) / 1e9,
+            "counted == exact": r.checks.get("exact_match"),
+            "fwd ms median [IQR] n": _ms(r.latency.get("fwd")),
+            "fwd images/s": r.derived.get("fwd_images_per_s"),
+        }
+        if "fwd_bwd" in r.latency:
+            row["fwd+bwd ms median [IQR] n"] = _ms(r.latency.get("fwd_bwd"))
+            row["fwd+bwd images/s"] = r.derived.get("fwd_bwd_images_per_s")
+        for phase, m in r.memory.items():
+            row[f"{phase.replace('_', '+')} peak MiB"] = m.peak_bytes / 2**20
+        if "fvcore_stock_MACs" in r.exact:
+            row["fvcore default MACs (G)"] = r.exact["fvcore_stock_MACs"] / 1e9
+            row["FlopCounterMode MACs (G, FLOPs/2)"] = r.exact["torch_flopcounter_MACs"] / 1e9
+        row["verdict"] = r.error or r.checks.get("verdict")
+        rows.append(row)
+    return rows
+
+
+def stage_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
+    """MACs vs time per stage: where the work is against where the time goes."""
+    rows = []
+    for p in profiles:
+        for s in p.stages:
+            mac_share, time_share = s.derived.get("MACs_share_pct"), s.derived.get("latency_share_pct")
+            rows.append({
+                "net": p.net.name,
+                "stage": s.config["stage"],
+                "params (M)": s.exact["params"] / 1e6,
+                "counted MACs (M)": (s.exact.get("counted_MACs") or 0) / 1e6,
+                "counted == exact": s.checks.get("exact_match"),
+                "MACs share (%)": mac_share,
+                "hooked fwd ms median": s.latency["fwd"].median_ms,
+                "latency share (%)": time_share,
+                "latency share / MACs share": time_share / mac_share if mac_share else None,
+            })
+    return rows
+
+
+def versus_rows(a: NetProfile, b: NetProfile) -> list[dict[str, Any]]:
+    """a / b per stage and in total, for MACs and for time, from the same run."""
+    rows = []
+    b_stages = {s.config["stage"]: s for s in b.stages}
+    for s in a.stages:
+        other = b_stages.get(s.config["stage"])
+        if other is None:
+            continue
+        am, bm = s.exact.get("counted_MACs"), other.exact.get("counted_MACs")
+        at, bt = s.latency["fwd"].median_ms, other.latency["fwd"].median_ms
+        rows.append({"stage": s.config["stage"], f"{a.net.name} / {b.net.name} MACs":
+                     am / bm if am and bm else None,
+                     f"{a.net.name} / {b.net.name} latency": at / bt if bt else None})
+    am, bm = a.net.exact.get("counted_MACs"), b.net.exact.get("counted_MACs")
+    al, bl = a.net.latency.get("fwd"), b.net.latency.get("fwd")
+    rows.append({"stage": "whole net (unhooked)",
+                 f"{a.net.name} / {b.net.name} MACs": am / bm if am and bm else None,
+                 f"{a.net.name} / {b.net.name} latency":
+                 al.median_ms / bl.median_ms if al and bl else None})
+    return rows
+
+
+def layer_rows(profile: NetProfile, limit: int | None = None) -> list[dict[str, Any]]:
+    layers = sorted(profile.layers, key=lambda r: -(r.derived.get("latency_share_pct") or 0))
+    rows = [{
+        "layer": r.config["layer"],
+        "type": r.derived.get("type"),
+        "params": r.exact["params"],
+        "counted MACs": r.exact.get("counted_MACs"),
+        "counted == exact": r.checks.get("exact_match"),
+        "MACs share (%)": r.derived.get("MACs_share_pct"),
+        "hooked fwd ms median": r.latency["fwd"].median_ms,
+        "latency share (%)": r.derived.get("latency_share_pct"),
+    } for r in layers]
+    return rows[:limit] if limit else rows
+
+
+def choice_rows(spec: NetSpec) -> list[dict[str, Any]]:
+    """The architecture choices the LR-Net paper leaves open, each counted from formulas,
+    against the printed figures: which one reproduces the table."""
+    netdef = get_net(spec.name)
+    if not netdef.paper or "widths" not in netdef.options or spec.overrides:
+        return []
+    printed = netdef.paper[0]
+    variants = [
+        ("G = ceil(C/m), LR stem (lrprof's choice)", {}),
+        ("res2 width rounded down to 96 (a multiple of m)", {"widths": (96, 200, 400, 800)}),
+        ("res2 width rounded up to 104 (a multiple of m)", {"widths": (104, 200, 400, 800)}),
+        ("plain 7x7 conv stem instead of the LR stem", {"stem": "conv"}),
+    ]
+    rows = []
+    for label, overrides in variants:
+        costs = exact_by_layer(NetSpec(spec.name), overrides)
+        check = paper_checks(sum(c.params for c in costs), sum(c.macs for c in costs), [printed])[0]
+        rows.append({"choice": label, **{k: v for k, v in check.items() if k != "source"}})
+    return rows
+
+
+def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
+               environment: device_facts.Environment | None = None,
+               terminal_layers: int = 15) -> tuple[Any, list]:
+    """The report (all sections, for markdown) and the shorter list for the terminal."""
+    from lrprof.record import Report, Section
+
+    device = torch.device(profiles[0].spec.device)
+    env = environment or device_facts.collect(device)
+    summary = Section("Networks (MACs: multiply-accumulates; 1 MAC = 2 FLOPs)", summary_rows(profiles),
+                      "latency: milliseconds per forward pass of the batch, median [quartiles], n runs")
+    stages = Section("MACs vs time per stage", stage_rows(profiles),
+                     f"stage latency: {HOOK_METHOD}; shares are of the summed stage medians")
+    sections = [summary, stages]
+    terminal = [summary, stages]
+    if len(profiles) >= 2:
+        vs = Section(f"{profiles[0].net.name} vs {profiles[1].net.name}, same run",
+                     versus_rows(profiles[0], profiles[1]),
+                     "stage rows use hooked stage latencies; the whole-net row the unhooked timing")
+        sections.append(vs)
+        terminal.append(vs)
+    paper = []
+    for p in profiles:
+        for row in p.net.detail.get("paper_check", []):
+            paper.append({"net": p.net.name, **row})
+        reconstructed = get_net(p.spec.name).reconstructed
+        if reconstructed and not p.spec.overrides:
+            macs = sum(c.macs for c in exact_by_layer(NetSpec(p.spec.name)))
+            for row in paper_checks(p.net.exact["params"], macs, [reconstructed]):
+                paper.append({"net": p.net.name, **row})
+    if paper:
+        note = (f"verdict: params within {PARAMS_TOLERANCE_PCT:g}%, MACs within {MACS_TOLERANCE_PCT:g}% "
+                "(ours: exact formula count at the tables' input, 224x224 and batch 1, whatever this "
+                "run's input; BN, ReLU, pooling and residual adds count 0)")
+        paper_section = Section("Paper check", paper, note)
+        sections.append(paper_section)
+        terminal.append(paper_section)
+    for p in profiles:
+        choices = choice_rows(p.spec)
+        if choices:
+            sections.append(Section(f"Choices the paper leaves open: {p.net.name}", choices,
+                                    "each counted from formulas at 224x224, batch 1"))
+    for p in profiles:
+        if p.layers:
+            sections.append(Section(f"Per layer: {p.net.name}", layer_rows(p),
+                                    f"layer latency: {HOOK_METHOD}; shares are of the summed layer "
+                                    f"medians ({p.net.derived.get('hooked_layers_sum_ms', 0):.2f} ms) "
+                                    f"against the unhooked whole-net median "
+                                    f"({p.net.latency['fwd'].median_ms:.2f} ms)"))
+            terminal.append(Section(f"Per layer: {p.net.name}, {terminal_layers} slowest",
+                                    layer_rows(p, terminal_layers), "all layers in the markdown and CSV"))
+    records = []
+    for p in profiles:
+        records += [p.net, *p.stages, *p.layers]
+    notes = [
+        "The nets are built by lrprof (no torchvision): ResNet v1.5 bottlenecks; LR-Net with "
+        "G = ceil(C/m), geometry prior hidden width G, LR stem (1x1 conv 3->64, 7x7 LR m=1 stride 2).",
+        "MACs count one forward pass (counted = fvcore trace with lrprof's rules; exact = per-layer "
+        "formulas on a meta-device pass).",
+    ]
+    if any("fwd_bwd" in p.net.latency for p in profiles):
+        notes.append("forward+backward runs in train mode (batch norm on batch statistics).")
+    report = Report("net", env, records, sections, notes, argv or [])
+    return report, terminal

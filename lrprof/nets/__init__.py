@@ -1,0 +1,85 @@
+"""Network registry: `create_net(name, **overrides)` from builders registered by name.
+
+Every network is split into the same top-level stages (stem, res2..res5, head) so that
+per-stage figures line up across networks. Builders live one family per module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from lrprof.errors import SpecError
+
+STAGES = ("stem", "res2", "res3", "res4", "res5", "head")
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """What a paper printed for a network: parameters and MACs (papers call them FLOPs)."""
+
+    source: str
+    params: float
+    macs: float
+
+
+@dataclass(frozen=True)
+class NetDef:
+    name: str
+    summary: str
+    builder: Callable[..., nn.Module]
+    options: dict[str, Any] = field(default_factory=dict)  # overridable, with defaults
+    paper: tuple[PaperFigures, ...] = ()
+    reconstructed: PaperFigures | None = None  # a hand count from the reference, when no print
+
+
+_REGISTRY: dict[str, NetDef] = {}
+
+
+def register_net(net: NetDef) -> NetDef:
+    if net.name in _REGISTRY:
+        raise ValueError(f"network {net.name!r} registered twice")
+    _REGISTRY[net.name] = net
+    return net
+
+
+def get_net(name: str) -> NetDef:
+    if name not in _REGISTRY:
+        raise SpecError("net", f"one of {', '.join(sorted(_REGISTRY))}", name)
+    return _REGISTRY[name]
+
+
+def list_nets() -> list[NetDef]:
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def resolve_options(name: str, **overrides: Any) -> dict[str, Any]:
+    """The builder's options: its defaults, with the overrides that are not None."""
+    net = get_net(name)
+    options = dict(net.options)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in options:
+            allowed = ", ".join(sorted(options)) or "none"
+            raise SpecError(key, f"not an option of {name} (options: {allowed})", value)
+        options[key] = value
+    return options
+
+
+def create_net(name: str, **overrides: Any) -> nn.Module:
+    return get_net(name).builder(**resolve_options(name, **overrides))
+
+
+def display_name(name: str, **overrides: Any) -> str:
+    """'lr50', or 'lr50(k=5,m=4)' when options differ from the defaults."""
+    net = get_net(name)
+    options = resolve_options(name, **overrides)
+    changed = [f"{k}={v}" for k, v in options.items() if v != net.options[k]]
+    return f"{name}({','.join(changed)})" if changed else name
+
+
+from lrprof.nets import lrnet, resnet  # noqa: E402,F401  (register the builders)

@@ -1,0 +1,79 @@
+"""LR-Net-26/50/101: ResNet bottlenecks with every spatial conv replaced by a local
+relation layer (reference sec. 2).
+
+Choices the paper leaves open, made here and reported:
+- G = ceil(C/m) (LR-Net-50's width 100 with m = 8 gives 13 groups, the last of 4);
+- geometry prior hidden width h = G;
+- stem: 1x1 conv 3 -> 64, BN, ReLU, then a 7x7 local relation layer of 64 channels,
+  stride 2, full-width key/query (m = 1), BN, ReLU, then 3x3 max pool. `--k` and `--m`
+  change the bottleneck layers; the stem keeps its 7x7, m = 1 layer.
+`stem="conv"` and other `widths` exist to show which choices reproduce the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from lrprof.nets import NetDef, PaperFigures, register_net
+from lrprof.nets.resnet import DEPTHS, StagedNet, bottleneck_net, conv1x1, conv_stem
+from lrprof.ops.local_relation import LocalRelation2d
+
+LR_WIDTHS = (100, 200, 400, 800)
+STEM_K, STEM_M = 7, 1
+
+
+def lr_stem(channels: int = 64) -> nn.Sequential:
+    return nn.Sequential(
+        conv1x1(3, channels),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+        LocalRelation2d(channels, STEM_K, STEM_M, stride=2),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    )
+
+
+def lrnet(
+    depth: int,
+    k: int = 7,
+    m: int = 8,
+    stem: str = "lr",
+    widths: Sequence[int] = LR_WIDTHS,
+    num_classes: int = 1000,
+) -> StagedNet:
+    from lrprof.errors import SpecError
+
+    if k < 1 or k % 2 == 0:
+        raise SpecError("k", "must be an odd integer >= 1", k)
+    if m < 1 or m > min(widths):
+        raise SpecError("m", f"must be an integer in 1..{min(widths)} (the narrowest width)", m)
+    if stem not in ("lr", "conv"):
+        raise SpecError("stem", "lr or conv", stem)
+
+    def spatial(width: int, stride: int) -> LocalRelation2d:
+        return LocalRelation2d(width, k, m, stride=stride)
+
+    stem_module = lr_stem() if stem == "lr" else conv_stem()
+    return bottleneck_net(stem_module, 64, DEPTHS[depth], widths, spatial, num_classes)
+
+
+_OPTIONS = {"k": 7, "m": 8, "stem": "lr", "widths": LR_WIDTHS, "num_classes": 1000}
+
+register_net(NetDef(
+    "lr26", "LR-Net-26: [2,2,2,2] bottlenecks, 7x7 local relation (m=8), LR stem",
+    lambda **o: lrnet(26, **o), dict(_OPTIONS),
+    paper=(PaperFigures("LR-Net paper, Table 1 (7x7, m=8)", 14.7e6, 2.6e9),),
+))
+register_net(NetDef(
+    "lr50", "LR-Net-50: [3,4,6,3] bottlenecks, 7x7 local relation (m=8), LR stem",
+    lambda **o: lrnet(50, **o), dict(_OPTIONS),
+    paper=(PaperFigures("LR-Net paper, Table 1 (7x7, m=8)", 23.3e6, 4.3e9),),
+))
+register_net(NetDef(
+    "lr101", "LR-Net-101: [3,4,23,3] bottlenecks, 7x7 local relation (m=8), LR stem",
+    lambda **o: lrnet(101, **o), dict(_OPTIONS),
+    reconstructed=PaperFigures("reference reconstruction (not printed)", 40.84e6, 7.76e9),
+))
