@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,10 @@ class Comparison:
 
     @property
     def failing(self) -> list[RowResult]:
-        return [r for r in self.rows if r.status in FAILING
-                and not (r.status == MODEL and self.thresholds.allow_model_change)]
+        """Rows with a failing metric; with allow_model_change a changed model alone does
+        not fail, but its latency and memory are still gated."""
+        gated = FAILING - {MODEL} if self.thresholds.allow_model_change else FAILING
+        return [r for r in self.rows if any(m.status in gated for m in r.metrics)]
 
     @property
     def regression(self) -> bool:
@@ -104,8 +107,8 @@ def parse_percent(text: str, param: str) -> float:
     except ValueError:
         raise SpecError(param, "a percentage such as 10% (a bare number is read as percent)",
                         text) from None
-    if value < 0:
-        raise SpecError(param, "a percentage >= 0", text)
+    if not math.isfinite(value) or value < 0:
+        raise SpecError(param, "a finite percentage >= 0", text)
     return value / 100.0
 
 
@@ -132,21 +135,26 @@ def load(path: Path) -> Loaded:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:
+            raise InputError(f"{path}: not valid JSON (nested too deeply)") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise InputError(f"{path}: not an lrprof report (expected schema {SCHEMA})")
         try:
             records = [Record.from_dict(r) for r in data["records"]]
             env = dict(data["environment"])
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{path}: malformed lrprof report ({exc})") from None
         return Loaded(path, records, env)
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        try:
+            rows = list(csv.DictReader(text.splitlines()))
+        except csv.Error as exc:
+            raise InputError(f"{path}: not a readable CSV file ({exc})") from None
         if not rows or "kind" not in rows[0] or "name" not in rows[0]:
             raise InputError(f"{path}: not an lrprof CSV report (needs kind and name columns)")
         try:
             records = [Record.from_row({k: _number(v or "") for k, v in row.items()}) for row in rows]
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{path}: malformed lrprof CSV report ({exc})") from None
         env = {c: rows[0].get(c) for c in ENV_COLUMNS if rows[0].get(c)}
         env["device"] = rows[0].get("device")
@@ -160,14 +168,18 @@ def _key(record: Record) -> tuple:
 
 def _noisy(metric: str, old: float, new: float, old_span: tuple[float, float],
            new_span: tuple[float, float], threshold: float, spread_name: str) -> MetricChange:
-    change = (new - old) / old if old else 0.0
+    if old == new:
+        return MetricChange(metric, old, new, 0.0, SAME, "unchanged")
+    # From zero any growth is past every threshold; its percentage is undefined (None).
+    change = (new - old) / old if old else math.copysign(math.inf, new - old)
+    pct = 100 * change if math.isfinite(change) else None
     if abs(change) <= threshold:
-        return MetricChange(metric, old, new, 100 * change, SAME, f"within {100 * threshold:g}%")
+        return MetricChange(metric, old, new, pct, SAME, f"within {100 * threshold:g}%")
     separated = new_span[0] > old_span[1] if change > 0 else new_span[1] < old_span[0]
     if not separated:
-        return MetricChange(metric, old, new, 100 * change, NOISE,
+        return MetricChange(metric, old, new, pct, NOISE,
                             f"past {100 * threshold:g}% but the {spread_name}s overlap")
-    return MetricChange(metric, old, new, 100 * change, WORSE if change > 0 else BETTER,
+    return MetricChange(metric, old, new, pct, WORSE if change > 0 else BETTER,
                         f"past {100 * threshold:g}% and outside both {spread_name}s")
 
 
@@ -214,9 +226,23 @@ def environment_warnings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key, label in (("device", "device"), ("device_name", "device model"),
                        ("torch_version", "torch version"), ("lrprof_version", "lrprof version")):
         a, b = old.get(key), new.get(key)
-        if a and b and str(a) != str(b):
+        # A CSV row knows 'cuda', its JSON 'cuda:0': devices compare by type.
+        same = (str(a).split(":")[0] == str(b).split(":")[0]) if key == "device" else str(a) == str(b)
+        if a and b and not same:
             warnings.append(f"{label} differs: {a} (old) vs {b} (new)")
     return warnings
+
+
+def _by_key(loaded: Loaded, warnings: list[str]) -> dict[tuple, Record]:
+    by_key: dict[tuple, Record] = {}
+    for record in loaded.records:
+        key = _key(record)
+        if key in by_key:
+            warnings.append(f"{loaded.path}: rows {by_key[key].name!r} and {record.name!r} have the "
+                            "same configuration; only the first is compared")
+            continue
+        by_key[key] = record
+    return by_key
 
 
 def compare(old_path: Path, new_path: Path, thresholds: Thresholds | None = None,
@@ -226,8 +252,7 @@ def compare(old_path: Path, new_path: Path, thresholds: Thresholds | None = None
     warnings = environment_warnings(old.environment, new.environment)
     if strict and warnings:
         raise InputError("reports come from different setups (--strict): " + "; ".join(warnings))
-    old_by_key = {_key(r): r for r in old.records}
-    new_by_key = {_key(r): r for r in new.records}
+    old_by_key, new_by_key = _by_key(old, warnings), _by_key(new, warnings)
     matched = [k for k in new_by_key if k in old_by_key]
     if not matched:
         raise InputError(f"no row of {new_path} matches a row of {old_path} by configuration")
