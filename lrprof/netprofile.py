@@ -140,12 +140,11 @@ def time_parts(net: nn.Module, x: torch.Tensor, names: Iterable[str], device: to
         handles.append(modules[name].register_forward_hook(post(name)))
     try:
         with torch.no_grad():
-            for run in range(runs + 1):  # the first pass warms the hooked path
+            for _ in range(runs):  # the net is warm: it was timed whole just before
                 current.clear()
                 net(x)
-                if run:
-                    for name in times:
-                        times[name].append(current.get(name, 0.0))
+                for name in times:
+                    times[name].append(current.get(name, 0.0))
     finally:
         for h in handles:
             h.remove()
@@ -312,7 +311,7 @@ def _breakdown(profile: NetProfile, net: nn.Module, x: torch.Tensor, device: tor
         r.checks["exact_match"] = module_macs.get(c.name) == c.macs
         r.latency["fwd"] = Stats.from_times(layer_times[c.name], 1, HOOK_METHOD)
         r.derived.update({
-            "type": c.kind,
+            "layer_type": c.kind,
             "MACs_share_pct": _pct(module_macs.get(c.name), total_counted),
             "latency_share_pct": _pct(medians[c.name], layers_total),
         })
@@ -400,7 +399,7 @@ def layer_rows(profile: NetProfile, limit: int | None = None) -> list[dict[str, 
     layers = sorted(profile.layers, key=lambda r: -(r.derived.get("latency_share_pct") or 0))
     rows = [{
         "layer": r.config["layer"],
-        "type": r.derived.get("type"),
+        "type": r.derived.get("layer_type"),
         "params": r.exact["params"],
         "counted MACs": r.exact.get("counted_MACs"),
         "counted == exact": r.checks.get("exact_match"),
@@ -465,6 +464,12 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
         note = (f"verdict: params within {PARAMS_TOLERANCE_PCT:g}%, MACs within {MACS_TOLERANCE_PCT:g}% "
                 "(ours: exact formula count at the tables' input, 224x224 and batch 1, whatever this "
                 "run's input; BN, ReLU, pooling and residual adds count 0)")
+        for p in profiles:
+            checks = p.net.detail.get("paper_check", [])
+            if len(checks) > 1:
+                matched = [c["source"] for c in checks if c["verdict"] == "pass"]
+                note += (f". {p.net.name}: {len(checks)} printed figures; ours matches "
+                         f"{' and '.join(matched) if matched else 'none of them'}")
         paper_section = Section("Paper check", paper, note)
         sections.append(paper_section)
         terminal.append(paper_section)

@@ -101,7 +101,7 @@ def time_cpu(fn: Callable[[], object], options: TimingOptions) -> Stats:
     # blocked_autorange picks its own block size (1, 10, 100... calls), so the time asked
     # for may give fewer blocks than min_runs: ask again with a budget from the block seen.
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    budget = max(options.min_time_s, options.min_runs * per_call * 1.2)
+    budget = max(options.min_time_s, options.min_runs * per_call * 1.05)
     for _ in range(3):
         measurement = timer.blocked_autorange(min_run_time=budget)
         if len(measurement.times) >= options.min_runs:
