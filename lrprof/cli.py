@@ -60,14 +60,28 @@ def _out_dir(out: Path | None) -> Path | None:
     return out
 
 
-def _emit(report, out: Path | None, quiet: bool, sections=None, paths=None) -> list[Path]:
+def _emit(report, out: Path | None, quiet: bool, paths=None) -> list[Path]:
     from lrprof.report import render_terminal, report_paths, write_report
 
     if not quiet:
-        typer.echo(render_terminal(report, sections))
+        typer.echo(render_terminal(report))
     written = write_report(report, paths or report_paths(report.command, out))
     typer.echo("wrote " + ", ".join(str(p) for p in written))
     return written
+
+
+def _failures(records) -> int:
+    """One stderr line per failed measurement or failed count; the exit status they mean."""
+    failed = False
+    for record in records:
+        if record.error:
+            typer.echo(f"lrprof: {record.name}: {record.error}", err=True)
+            failed = True
+        if record.checks.get("counting_ok") is False:
+            typer.echo(f"lrprof: {record.name}: counting check failed: {record.checks['verdict']}",
+                       err=True)
+            failed = True
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 @app.command()
@@ -96,16 +110,14 @@ def layer(
 ) -> None:
     """Measure one layer configuration and check it against its cost models."""
     from lrprof.layer import MeasureOptions, layer_report, profile_layer
+    from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
     from lrprof.ops import validate_spec
     from lrprof.spec import LayerSpec, parse_size, resolve_device
 
     height, width = parse_size(size)
-    if min_runs < 2:
-        raise SpecError("min-runs", "must be an integer >= 2", min_runs)
+    timing = TimingOptions(min_runs=min_runs, min_time_s=min_time)
     _set_threads(threads)
-    if min_time <= 0:
-        raise SpecError("min-time", "must be a number of seconds > 0", min_time)
     resolved = resolve_device(device)
     spec = LayerSpec(op=op, channels=channels, height=height, width=width, k=k, m=m,
                      stride=stride, batch=batch, dtype=dtype, device=str(resolved), impl=impl)
@@ -113,17 +125,12 @@ def layer(
         spec = spec.with_options(phi=phi, geometry_hidden=geometry_hidden)
     validate_spec(spec)
     out = _out_dir(out)
-    options = MeasureOptions(
-        backward=backward,
-        timing=TimingOptions(min_runs=min_runs, min_time_s=min_time),
-        stock_counters=stock,
-    )
+    options = MeasureOptions(backward=backward, timing=timing, stock_counters=stock)
+    environment = collect(resolved)  # before measuring: a failure here loses nothing
     record = profile_layer(spec, options)
-    report = layer_report([record], _argv())
-    _emit(report, out, quiet, report.sections[:3])
-    if record.error:
-        typer.echo(f"lrprof: measuring failed: {record.error}", err=True)
-        raise typer.Exit(EXIT_FAILED)
+    report = layer_report([record], _argv(), environment)
+    _emit(report, out, quiet)
+    raise typer.Exit(_failures([record]))
 
 
 @app.command()
@@ -148,6 +155,7 @@ def net(
     quiet: Annotated[bool, typer.Option("--quiet", help="print only the paths written")] = False,
 ) -> None:
     """Profile a whole network: totals, stages, layers, and the paper's table."""
+    from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
     from lrprof.netprofile import NetOptions, NetSpec, net_report, profile_net
     from lrprof.nets import list_nets
@@ -160,22 +168,6 @@ def net(
         return
     if name is None:
         raise SpecError("net", "a network name (lrprof net --list shows them)", None)
-    for flag, value in (("min-runs", min_runs), ("hooked-runs", hooked_runs)):
-        if value < 2:
-            raise SpecError(flag, "must be an integer >= 2", value)
-    if min_time <= 0:
-        raise SpecError("min-time", "must be a number of seconds > 0", min_time)
-    _set_threads(threads)
-    height, width = parse_size(size)
-    resolved = str(resolve_device(device))
-    overrides = tuple((key, v) for key, v in (("k", k), ("m", m)) if v is not None)
-    specs = [NetSpec(name, batch, height, width, dtype, resolved, overrides)]
-    if vs is not None:
-        specs.append(NetSpec(vs, batch, height, width, dtype, resolved))
-    for spec in specs:
-        spec.validate()
-    out = _out_dir(out)
-    paths = report_paths("net", out)
     options = NetOptions(
         backward=backward,
         per_layer=per_layer,
@@ -183,17 +175,28 @@ def net(
         hooked_runs=hooked_runs,
         stock_counters=stock,
     )
+    _set_threads(threads)
+    height, width = parse_size(size)
+    resolved = resolve_device(device)
+    overrides = tuple((key, v) for key, v in (("k", k), ("m", m)) if v is not None)
+    specs = [NetSpec(name, batch, height, width, dtype, str(resolved), overrides)]
+    specs[0].validate()
+    if vs is not None:
+        specs.append(NetSpec(vs, batch, height, width, dtype, str(resolved)))
+        try:
+            specs[1].validate()
+        except SpecError as exc:  # name the option, not the positional NAME
+            raise SpecError("vs", exc.allowed, exc.got) from None
+    out = _out_dir(out)
+    paths = report_paths("net", out)
+    environment = collect(resolved)  # before measuring: a failure here loses nothing
     profiles = []
     for spec in specs:
         profiles.append(profile_net(spec, options))
-        report, terminal = net_report(profiles, _argv())
+        report = net_report(profiles, _argv(), environment)
         write_report(report, paths)  # after each net: an interrupted run keeps what it measured
-    _emit(report, out, quiet, terminal, paths)
-    failed = [p.net for p in profiles if p.net.error]
-    for record in failed:
-        typer.echo(f"lrprof: measuring {record.name} failed: {record.error}", err=True)
-    if failed:
-        raise typer.Exit(EXIT_FAILED)
+    _emit(report, out, quiet, paths)
+    raise typer.Exit(_failures([p.net for p in profiles]))
 
 
 @app.command()
@@ -208,6 +211,9 @@ def compare(
     strict: Annotated[
         bool, typer.Option("--strict", help="different device or versions: error, not a warning")
     ] = False,
+    require_all: Annotated[
+        bool, typer.Option("--require-all", help="fail when a baseline row is missing from NEW")
+    ] = False,
     format_: Annotated[str, typer.Option("--format", help="text, markdown or json")] = "text",
     out: Annotated[Path | None, typer.Option(help="also write DIR/compare.{md,json}")] = None,
 ) -> None:
@@ -221,6 +227,7 @@ def compare(
         max_slowdown=cmp.parse_percent(max_slowdown, "max-slowdown"),
         max_memory_growth=cmp.parse_percent(max_memory_growth, "max-memory-growth"),
         allow_model_change=allow_model_change,
+        require_all=require_all,
     )
     if out is not None:
         _out_dir(out)

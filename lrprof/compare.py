@@ -31,6 +31,7 @@ class Thresholds:
     max_slowdown: float = 0.10  # fraction: 0.10 = 10 %
     max_memory_growth: float = 0.05
     allow_model_change: bool = False
+    require_all: bool = False  # a baseline row missing from the new report fails
 
 
 @dataclass
@@ -82,8 +83,12 @@ class Comparison:
         return [r for r in self.rows if any(m.status in gated for m in r.metrics)]
 
     @property
+    def missing_fails(self) -> bool:
+        return self.thresholds.require_all and bool(self.only_old)
+
+    @property
     def regression(self) -> bool:
-        return bool(self.failing)
+        return bool(self.failing) or self.missing_fails
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +151,8 @@ def load(path: Path) -> Loaded:
             raise InputError(f"{path}: malformed lrprof report ({exc})") from None
         return Loaded(path, records, env)
     if path.suffix.lower() == ".csv":
+        import lrprof.ops  # noqa: F401  (operators register their option columns as identity)
+
         try:
             rows = list(csv.DictReader(text.splitlines()))
         except csv.Error as exc:
@@ -221,6 +228,10 @@ def compare_records(old: Record, new: Record, t: Thresholds) -> RowResult:
     return RowResult(new.kind, new.name, new.config, status, metrics)
 
 
+def _timing_setups(records: list[Record]) -> set[str]:
+    return {f"{s.threads} threads" for r in records for s in r.latency.values() if s.threads}
+
+
 def environment_warnings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     warnings = []
     for key, label in (("device", "device"), ("device_name", "device model"),
@@ -250,6 +261,10 @@ def compare(old_path: Path, new_path: Path, thresholds: Thresholds | None = None
     thresholds = thresholds or Thresholds()
     old, new = load(old_path), load(new_path)
     warnings = environment_warnings(old.environment, new.environment)
+    old_threads, new_threads = _timing_setups(old.records), _timing_setups(new.records)
+    if old_threads and new_threads and old_threads != new_threads:
+        warnings.append(f"CPU timings ran on different thread counts: {', '.join(sorted(old_threads))} "
+                        f"(old) vs {', '.join(sorted(new_threads))} (new)")
     if strict and warnings:
         raise InputError("reports come from different setups (--strict): " + "; ".join(warnings))
     old_by_key, new_by_key = _by_key(old, warnings), _by_key(new, warnings)
@@ -282,7 +297,8 @@ def verdict_line(c: Comparison) -> str:
         counts[r.status] = counts.get(r.status, 0) + 1
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: SEVERITY[i[0]]))
     head = "REGRESSION" if c.regression else "no regression"
-    return f"{head}: {len(c.rows)} matched rows ({tally})"
+    missing = f"; {len(c.only_old)} baseline rows missing (--require-all)" if c.missing_fails else ""
+    return f"{head}: {len(c.rows)} matched rows ({tally}){missing}"
 
 
 def table_rows(c: Comparison, include_same: bool) -> list[list[str]]:

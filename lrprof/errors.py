@@ -20,3 +20,9 @@ class SpecError(ValueError):
 
 class InputError(ValueError):
     """A bad file or other input that is not a single parameter (for example a report to compare)."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a report row: the exception's type and the first line of its message."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:300]

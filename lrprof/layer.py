@@ -9,19 +9,27 @@ check the count against the exact and the published cost models.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from lrprof.checks import count_checks
+from lrprof.errors import SpecError, describe
 from lrprof.measure import counting
 from lrprof.measure import device as device_facts
 from lrprof.measure.memory import peak_memory, tensor_bytes
 from lrprof.measure.timing import TimingOptions, time_callable
 from lrprof.ops import CostModel, validate_spec
 from lrprof.record import Record, Report, Section
+from lrprof.report import latency_text
 from lrprof.spec import LayerSpec, resolve_device
 
 MIB = 2**20
+MEMORY_NOTE = (
+    "resident: on CUDA everything the allocator held before the call; on the CPU the module's "
+    "weights and buffers plus the call's inputs (and output gradient for fwd_bwd)."
+)
 
 
 @dataclass(frozen=True)
@@ -32,45 +40,30 @@ class MeasureOptions:
     stock_counters: bool = True
     seed: int = 0
 
-
-def error_text(exc: BaseException) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}"[:300]
-
-
-def _free(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    def __post_init__(self) -> None:
+        if not isinstance(self.memory_runs, int) or self.memory_runs < 1:
+            raise SpecError("memory-runs", "must be an integer >= 1", self.memory_runs)
 
 
-def model_checks(counted: counting.CountResult, cost: CostModel) -> dict:
-    """Counted MACs against the exact term-by-term model and the paper's O-model."""
-    low, high = cost.paper_band
-    exact_match = counted.macs == cost.macs and counted.softmax_exps == cost.softmax_exps
-    checks: dict = {
-        "counted_over_exact": counted.macs / cost.macs if cost.macs else None,
-        "exact_match": exact_match,
-        "uncounted_ops": counting.uncounted_text(counted.uncounted),
-    }
-    problems = []
-    if not exact_match:
-        problems.append("counted != exact")
-    if not counted.complete:
-        problems.append("uncounted ops")
-    if cost.paper_macs:
-        ratio = counted.macs / cost.paper_macs
-        within = low <= ratio <= high
-        checks.update({"counted_over_paper_O": ratio, "paper_O_band": f"{low:g}-{high:g}",
-                       "paper_O_within_band": within})
-        if not within:
-            problems.append("outside O-model band")
-    checks["verdict"] = "ok" if not problems else "; ".join(problems)
-    return checks
+def run_step(record: Record, what: str, step: Callable[[], None], device: torch.device) -> bool:
+    """One stage of a profile (counting, timing a phase...). A failure (out of memory, a
+    kernel error, a tracer error) is added to `record.error`; what was measured stays, and
+    the stages after it still run."""
+    try:
+        step()
+        return True
+    except Exception as exc:  # recorded in the row, not raised: the report keeps the rest
+        text = f"{what}: {describe(exc)}"
+        record.error = f"{record.error}; {text}" if record.error else text
+        return False
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def profile_layer(spec: LayerSpec, options: MeasureOptions | None = None) -> Record:
     """Measure one configuration. Invalid specs raise SpecError; failures while measuring
-    (out of memory, a kernel error) are kept in `record.error` with what was measured."""
+    are kept in `record.error` beside what was measured."""
     options = options or MeasureOptions()
     op = validate_spec(spec)
     device = resolve_device(spec.device)
@@ -80,25 +73,28 @@ def profile_layer(spec: LayerSpec, options: MeasureOptions | None = None) -> Rec
     record.exact.update({"params": cost.params, "exact_MACs": cost.macs,
                          "exact_softmax_exps": cost.softmax_exps,
                          "paper_O_MACs": cost.paper_macs})
-    record.detail["terms"] = [
-        {"term": t.name, "MACs": t.macs, "formula": t.formula} for t in cost.terms
-    ]
-    record.detail["cost_notes"] = list(cost.notes)
+    record.detail.update({
+        "device": str(device),
+        "terms": [{"term": t.name, "MACs": t.macs, "formula": t.formula} for t in cost.terms],
+        "cost_notes": list(cost.notes),
+        "activation_bytes": cost.activation_bytes,
+        "implementation_bytes": cost.implementation_bytes,
+    })
     record.derived["analytic_activation_bytes"] = sum(cost.activation_bytes.values())
-    record.detail["activation_bytes"] = cost.activation_bytes
+    record.derived["implementation_buffer_bytes"] = sum(cost.implementation_bytes.values())
     torch.manual_seed(options.seed)
-    try:
-        module = op.build(spec).to(device=device, dtype=spec.torch_dtype).eval()
-        x = op.make_input(spec)
-        record.exact["params"] = sum(p.numel() for p in module.parameters())
-        if record.exact["params"] != cost.params:
-            record.checks["params_model"] = f"module {record.exact['params']} != model {cost.params}"
-        _count(record, module, x, cost, options)
-        _measure(record, module, x, device, options)
-    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
-        record.error = error_text(exc)
-    finally:
-        _free(device)
+    built: dict = {}
+
+    def build() -> None:
+        built["module"] = op.build(spec).to(device=device, dtype=spec.torch_dtype).eval()
+        built["x"] = op.make_input(spec)
+
+    if not run_step(record, "building", build, device):
+        return record
+    module, x = built["module"], built["x"]
+    record.exact["params"] = sum(p.numel() for p in module.parameters())
+    run_step(record, "counting", lambda: _count(record, module, x, cost, options), device)
+    _measure(record, module, x, device, options)
     return record
 
 
@@ -106,7 +102,9 @@ def _count(record: Record, module: torch.nn.Module, x: torch.Tensor, cost: CostM
            options: MeasureOptions) -> None:
     counted = counting.count(module, x)
     record.exact.update({"counted_MACs": counted.macs, "counted_softmax_exps": counted.softmax_exps})
-    record.checks.update(model_checks(counted, cost))
+    record.checks.update(count_checks(counted, cost.macs, cost.softmax_exps,
+                                      record.exact["params"], cost.params,
+                                      cost.paper_macs, cost.paper_band))
     record.detail["ops"] = [dataclasses.asdict(o) for o in counted.by_op]
     if options.stock_counters:
         stock = counting.stock_counts(module, x)
@@ -128,34 +126,49 @@ def _measure(record: Record, module: torch.nn.Module, x: torch.Tensor, device: t
             module(x)
 
     resident = tensor_bytes(module, x)
-    record.latency["fwd"] = time_callable(forward, device, options.timing)
-    record.memory["fwd"] = peak_memory(forward, device, options.memory_runs, resident)
-    median_s = record.latency["fwd"].median_ms / 1e3
-    if record.exact.get("counted_MACs"):
-        record.derived["fwd_GMAC_per_s"] = record.exact["counted_MACs"] / median_s / 1e9
-    if options.backward:
-        x_grad = x.detach().clone().requires_grad_(True)
-        inputs = [x_grad, *module.parameters()]
+
+    def time_forward() -> None:
+        record.latency["fwd"] = time_callable(forward, device, options.timing)
+        if record.exact.get("counted_MACs"):
+            median_s = record.latency["fwd"].median_ms / 1e3
+            record.derived["fwd_GMAC_per_s"] = record.exact["counted_MACs"] / median_s / 1e9
+
+    def memory_forward() -> None:
+        record.memory["fwd"] = peak_memory(forward, device, options.memory_runs, resident)
+
+    run_step(record, "timing fwd", time_forward, device)
+    run_step(record, "memory fwd", memory_forward, device)
+    if not options.backward:
+        return
+    x_grad = x.detach().clone().requires_grad_(True)
+    inputs = [x_grad, *module.parameters()]
+
+    state: dict = {}
+
+    def prepare() -> None:
         with torch.no_grad():
-            grad_out = torch.randn_like(module(x))
+            state["grad_out"] = torch.randn_like(module(x))
 
-        def forward_backward() -> None:
-            torch.autograd.grad(module(x_grad), inputs, grad_out)
+    if not run_step(record, "preparing fwd_bwd", prepare, device):
+        return
+    grad_out = state["grad_out"]
+    resident_bwd = tensor_bytes(module, x_grad, grad_out)
 
+    def forward_backward() -> None:
+        torch.autograd.grad(module(x_grad), inputs, grad_out)
+
+    def time_backward() -> None:
         record.latency["fwd_bwd"] = time_callable(forward_backward, device, options.timing)
-        record.memory["fwd_bwd"] = peak_memory(
-            forward_backward, device, options.memory_runs, resident + tensor_bytes(grad_out)
-        )
+
+    def memory_backward() -> None:
+        record.memory["fwd_bwd"] = peak_memory(forward_backward, device, options.memory_runs,
+                                               resident_bwd)
+
+    run_step(record, "timing fwd_bwd", time_backward, device)
+    run_step(record, "memory fwd_bwd", memory_backward, device)
 
 
 # ---- the report people read -------------------------------------------------------------
-
-
-def _latency_text(record: Record, phase: str) -> str:
-    s = record.latency.get(phase)
-    if s is None:
-        return ""
-    return f"{s.median_ms:.3f} [{s.q1_ms:.3f}-{s.q3_ms:.3f}] n={s.runs}"
 
 
 def _mib(value: int | None) -> float | None:
@@ -170,10 +183,10 @@ def summary_rows(records: list[Record]) -> list[dict]:
             "layer": r.name,
             "params": r.exact.get("params"),
             "counted MACs (M)": _m(r.exact.get("counted_MACs")),
-            "fwd ms median [IQR] n": _latency_text(r, "fwd"),
+            "fwd ms median [IQR] n": latency_text(r.latency.get("fwd")),
         }
         if backward:
-            row["fwd+bwd ms median [IQR] n"] = _latency_text(r, "fwd_bwd")
+            row["fwd+bwd ms median [IQR] n"] = latency_text(r.latency.get("fwd_bwd"))
         row["fwd peak MiB"] = _mib(r.memory["fwd"].peak_bytes) if "fwd" in r.memory else None
         if backward:
             m = r.memory.get("fwd_bwd")
@@ -236,8 +249,9 @@ def memory_rows(records: list[Record]) -> list[dict]:
                 "peak above resident (bytes)": m.peak_bytes,
                 "min-max (bytes)": f"{m.min_bytes}-{m.max_bytes}",
                 "runs": m.runs,
-                "resident inputs+weights (bytes)": m.resident_bytes,
-                "analytic activations (bytes)": r.derived.get("analytic_activation_bytes"),
+                "resident before the call (bytes)": m.resident_bytes,
+                "official 3-pass kernel activations (bytes)": r.derived.get("analytic_activation_bytes"),
+                "lrprof impl. largest buffers (bytes)": r.derived.get("implementation_buffer_bytes"),
                 "method": m.method,
             })
     return rows
@@ -246,12 +260,13 @@ def memory_rows(records: list[Record]) -> list[dict]:
 def layer_report(records: list[Record], argv: list[str] | None = None,
                  environment: device_facts.Environment | None = None) -> Report:
     if environment is None:
-        device = torch.device(records[0].config["device"]) if records else torch.device("cpu")
-        environment = device_facts.collect(device)
+        device = records[0].detail.get("device", records[0].config["device"]) if records else "cpu"
+        environment = device_facts.collect(torch.device(device))
     env = environment
     sections = [
         Section("Layer", summary_rows(records),
-                "latency: milliseconds per call, median [first-third quartile], n timed runs"),
+                "latency: milliseconds per call, median [first-third quartile], n timed runs "
+                "(RxC: R runs, each the mean of C calls)"),
         Section("Model check (MACs: multiply-accumulates, 1 MAC = 2 FLOPs)", check_rows(records)),
         Section("What stock counters see (same forward pass)", stock_rows(records)),
     ]
@@ -260,15 +275,18 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
         terms = [{**t, "share (%)": 100 * t["MACs"] / total if total else None}
                  for t in r.detail.get("terms", [])]
         sections.append(Section(f"Exact terms: {r.name}", terms,
-                                "; ".join(r.detail.get("cost_notes", []))))
+                                "; ".join(r.detail.get("cost_notes", [])), show="markdown"))
         ops = [{"aten op": o["op"], "category": o["category"], "calls": o["calls"],
                 "count": o["count"], "rule": o["rule"]} for o in r.detail.get("ops", [])]
         if ops:
             sections.append(Section(f"Ops in the traced forward: {r.name}", ops,
-                                    f"uncounted ops: {r.checks.get('uncounted_ops', 'n/a')}"))
-    sections.append(Section("Memory", memory_rows(records)))
+                                    f"uncounted ops: {r.checks.get('uncounted_ops', 'n/a')}",
+                                    show="markdown"))
+    sections.append(Section("Memory", memory_rows(records), MEMORY_NOTE, show="markdown"))
     notes = [
         "MACs count one forward pass; softmax exponentials are counted apart, not as MACs.",
+        "The paper's O-model leaves out the geometry prior (constant in H, W) and rounds neither "
+        "G = C/m nor H/s up: on tiny maps or with C < m it underestimates, and the verdict says so.",
         f"timing: {records[0].latency['fwd'].method}" if records and "fwd" in records[0].latency
         else "timing: not measured",
     ]

@@ -7,6 +7,7 @@ each held against the exact formula count, and the whole net against the paper's
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,14 +16,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrprof.layer import error_text
+from lrprof.checks import count_checks
+from lrprof.errors import SpecError
+from lrprof.layer import run_step
 from lrprof.measure import counting
 from lrprof.measure import device as device_facts
 from lrprof.measure.memory import peak_memory, tensor_bytes
-from lrprof.measure.timing import Stats, TimingOptions, time_callable
-from lrprof.nets import STAGES, PaperFigures, create_net, display_name, get_net
+from lrprof.measure.timing import Stats, TimingOptions, synchronize, time_callable
+from lrprof.nets import STAGES, PaperFigures, create_net, display_name, get_net, resolve_options
 from lrprof.nets.cost import LayerCost, exact_costs
-from lrprof.spec import DTYPES, resolve_device, resolve_dtype
+from lrprof.record import Record, Report, Section
+from lrprof.report import latency_text
+from lrprof.spec import DTYPES, default_device, resolve_device, resolve_dtype
 
 PARAMS_TOLERANCE_PCT = 1.0
 MACS_TOLERANCE_PCT = 3.0
@@ -36,7 +41,7 @@ class NetSpec:
     height: int = 224
     width: int = 224
     dtype: str = "float32"
-    device: str = "cpu"
+    device: str = "auto"  # cuda when present, else cpu
     options: tuple[tuple[str, Any], ...] = ()  # builder overrides, e.g. (("k", 5),)
 
     @property
@@ -47,19 +52,21 @@ class NetSpec:
     def label(self) -> str:
         return display_name(self.name, **self.overrides)
 
+    @property
+    def is_default_net(self) -> bool:
+        """The network the papers' tables describe (overrides equal to the defaults count)."""
+        return resolve_options(self.name, **self.overrides) == get_net(self.name).options
+
     def config(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"net": self.label, "batch": self.batch, "height": self.height,
-                               "width": self.width, "dtype": self.dtype,
-                               "device": torch.device(self.device).type}
-        return out
+        device = default_device() if self.device == "auto" else self.device
+        return {"net": self.label, "batch": self.batch, "height": self.height,
+                "width": self.width, "dtype": self.dtype, "device": torch.device(device).type}
 
     def validate(self) -> None:
         build_meta(self)  # the builder checks its options; meta: no memory, no compute
         for name in ("batch", "height", "width"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                from lrprof.errors import SpecError
-
                 raise SpecError(name if name == "batch" else "size", "must be an integer >= 1", value)
         resolve_dtype(self.dtype)
 
@@ -75,6 +82,12 @@ class NetOptions:
     memory_runs: int = 2
     stock_counters: bool = True
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hooked_runs, int) or self.hooked_runs < 2:
+            raise SpecError("hooked-runs", "must be an integer >= 2", self.hooked_runs)
+        if not isinstance(self.memory_runs, int) or self.memory_runs < 1:
+            raise SpecError("memory-runs", "must be an integer >= 1", self.memory_runs)
 
 
 @dataclass
@@ -118,19 +131,15 @@ def time_parts(net: nn.Module, x: torch.Tensor, names: Iterable[str], device: to
     current: dict[str, float] = {}  # this pass: name -> ms (summed if a module runs twice)
     times: dict[str, list[float]] = {n: [] for n in names}
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def pre(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
-            sync()
+            synchronize(device)
             started[name] = time.perf_counter()
         return hook
 
     def post(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, out: Any) -> None:
-            sync()
+            synchronize(device)
             current[name] = current.get(name, 0.0) + (time.perf_counter() - started[name]) * 1e3
         return hook
 
@@ -171,25 +180,22 @@ def paper_checks(params: int, macs: int, figures: Iterable[PaperFigures]) -> lis
 
 
 def profile_net(spec: NetSpec, options: NetOptions | None = None) -> NetProfile:
-    """Count, time and measure one network. A failure while measuring (out of memory, a
-    kernel error) is kept in the net record's `error` with what was measured before it."""
-    from lrprof.record import Record
-
+    """Count, time and measure one network. Invalid specs raise SpecError; failures while
+    measuring are kept in the net record's `error` beside what was measured."""
     options = options or NetOptions()
     spec.validate()
     device = resolve_device(spec.device)
-    spec = NetSpec(spec.name, spec.batch, spec.height, spec.width, spec.dtype, str(device),
-                   spec.options)
-    config = spec.config()
+    spec = dataclasses.replace(spec, device=str(device))
     netdef = get_net(spec.name)
     exact = exact_by_layer(spec)
-    record = Record(kind="net", name=spec.label, config=dict(config))
+    record = Record(kind="net", name=spec.label, config=spec.config())
+    record.detail["device"] = str(device)
     profile = NetProfile(spec, record)
-    exact_total = sum(c.macs for c in exact)
-    record.exact.update({"params": sum(c.params for c in exact), "exact_MACs": exact_total,
+    record.exact.update({"params": sum(c.params for c in exact),
+                         "exact_MACs": sum(c.macs for c in exact),
                          "exact_softmax_exps": sum(c.softmax_exps for c in exact)})
-    figures = netdef.paper if not spec.overrides else ()
     record.checks.update(dict.fromkeys(("paper_params_diff_pct", "paper_MACs_diff_pct", "paper_verdict")))
+    figures = netdef.paper if spec.is_default_net else ()
     if figures:  # the tables are for 224x224, batch 1: count that input whatever this run's is
         at_paper_input = (spec.batch, spec.height, spec.width) == (1, 224, 224)
         paper_costs = exact if at_paper_input else exact_by_layer(NetSpec(spec.name))
@@ -199,35 +205,33 @@ def profile_net(spec: NetSpec, options: NetOptions | None = None) -> NetProfile:
                               "paper_MACs_diff_pct": rows[0]["MACs diff (%)"],
                               "paper_verdict": rows[0]["verdict"]})
     torch.manual_seed(options.seed)
-    try:
-        net = create_net(spec.name, **spec.overrides).to(device=device, dtype=DTYPES[spec.dtype])
-        net.eval()
-        x = torch.randn(spec.batch, 3, spec.height, spec.width, device=device,
-                        dtype=DTYPES[spec.dtype])
-        _count(profile, net, x, exact, options)
-        _measure(profile, net, x, device, options)
-        _breakdown(profile, net, x, device, exact, options)
-    except (RuntimeError, MemoryError) as exc:
-        record.error = error_text(exc)
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    built: dict[str, Any] = {}
+
+    def build() -> None:
+        dtype = DTYPES[spec.dtype]
+        built["net"] = create_net(spec.name, **spec.overrides).to(device=device, dtype=dtype).eval()
+        built["x"] = torch.randn(spec.batch, 3, spec.height, spec.width, device=device, dtype=dtype)
+
+    if not run_step(record, "building", build, device):
+        return profile
+    net, x = built["net"], built["x"]
+    run_step(record, "counting", lambda: _count(profile, net, x, options), device)
+    _measure(profile, net, x, device, options)
+    run_step(record, "stage breakdown",
+             lambda: _stages(profile, net, x, device, exact, options), device)
+    if options.per_layer:
+        run_step(record, "layer breakdown",
+                 lambda: _layers(profile, net, x, device, exact, options), device)
     return profile
 
 
-def _count(profile: NetProfile, net: nn.Module, x: torch.Tensor, exact: list[LayerCost],
-           options: NetOptions) -> None:
+def _count(profile: NetProfile, net: nn.Module, x: torch.Tensor, options: NetOptions) -> None:
     record = profile.net
     counted = counting.count(net, x, per_module=True)
     record.exact.update({"counted_MACs": counted.macs, "counted_softmax_exps": counted.softmax_exps})
-    exact_total = record.exact["exact_MACs"]
-    match = counted.macs == exact_total and counted.softmax_exps == record.exact["exact_softmax_exps"]
-    record.checks.update({"exact_match": match,
-                          "uncounted_ops": counting.uncounted_text(counted.uncounted),
-                          "verdict": "ok" if match and counted.complete else
-                          "; ".join(p for p, bad in (("counted != exact", not match),
-                                                     ("uncounted ops", not counted.complete)) if bad)})
-    record.detail["ops"] = [o.__dict__ for o in counted.by_op]
+    record.checks.update(count_checks(counted, record.exact["exact_MACs"],
+                                      record.exact["exact_softmax_exps"]))
+    record.detail["ops"] = [dataclasses.asdict(o) for o in counted.by_op]
     record.detail["module_macs"] = counted.module_macs
     if options.stock_counters:
         stock = counting.stock_counts(net, x)
@@ -245,43 +249,53 @@ def _measure(profile: NetProfile, net: nn.Module, x: torch.Tensor, device: torch
         with torch.no_grad():
             net(x)
 
+    def time_forward() -> None:
+        record.latency["fwd"] = time_callable(forward, device, options.timing)
+        record.derived["fwd_images_per_s"] = x.shape[0] / (record.latency["fwd"].median_ms / 1e3)
+
     resident = tensor_bytes(net, x)
-    record.latency["fwd"] = time_callable(forward, device, options.timing)
-    record.derived["fwd_images_per_s"] = x.shape[0] / (record.latency["fwd"].median_ms / 1e3)
-    record.memory["fwd"] = peak_memory(forward, device, options.memory_runs, resident)
-    if options.backward:
-        net.train()
-        try:
-            out = net(x)
-            grad = torch.randn_like(out)
-            del out
-            params = [p for p in net.parameters() if p.requires_grad]
+    run_step(record, "timing fwd", time_forward, device)
+    run_step(record, "memory fwd", lambda: record.memory.update(
+        fwd=peak_memory(forward, device, options.memory_runs, resident)), device)
+    if not options.backward:
+        return
+    record.detail["backward_mode"] = "train mode (batch norm uses batch statistics)"
+    params = [p for p in net.parameters() if p.requires_grad]
+    state: dict[str, torch.Tensor] = {}
 
-            def forward_backward() -> None:
-                torch.autograd.grad(net(x), params, grad)
+    def prepare() -> None:
+        with torch.no_grad():
+            state["grad"] = torch.randn_like(net(x))
 
-            record.latency["fwd_bwd"] = time_callable(forward_backward, device, options.timing)
-            record.derived["fwd_bwd_images_per_s"] = (
-                x.shape[0] / (record.latency["fwd_bwd"].median_ms / 1e3))
-            record.memory["fwd_bwd"] = peak_memory(forward_backward, device, options.memory_runs,
-                                                   resident + tensor_bytes(grad))
-        finally:
-            net.eval()
-        record.detail["backward_mode"] = "train mode (batch norm uses batch statistics)"
+    def forward_backward() -> None:
+        torch.autograd.grad(net(x), params, state["grad"])
+
+    def time_backward() -> None:
+        record.latency["fwd_bwd"] = time_callable(forward_backward, device, options.timing)
+        record.derived["fwd_bwd_images_per_s"] = (
+            x.shape[0] / (record.latency["fwd_bwd"].median_ms / 1e3))
+
+    net.train()
+    try:
+        if run_step(record, "preparing fwd_bwd", prepare, device):
+            run_step(record, "timing fwd_bwd", time_backward, device)
+            run_step(record, "memory fwd_bwd", lambda: record.memory.update(fwd_bwd=peak_memory(
+                forward_backward, device, options.memory_runs, resident + tensor_bytes(state["grad"]))),
+                device)
+    finally:
+        net.eval()
 
 
-def _breakdown(profile: NetProfile, net: nn.Module, x: torch.Tensor, device: torch.device,
-               exact: list[LayerCost], options: NetOptions) -> None:
-    from lrprof.record import Record
-
+def _stages(profile: NetProfile, net: nn.Module, x: torch.Tensor, device: torch.device,
+            exact: list[LayerCost], options: NetOptions) -> None:
     record = profile.net
     module_macs: dict[str, int] = record.detail.get("module_macs", {})
     total_counted = record.exact.get("counted_MACs")
     modules = dict(net.named_modules())
     stage_times = time_parts(net, x, STAGES, device, options.hooked_runs)
     hooked_total = [sum(run) for run in zip(*stage_times.values(), strict=True)]
-    stage_median = {s: Stats.from_times(t, 1, HOOK_METHOD).median_ms for s, t in stage_times.items()}
-    total_median = sum(stage_median.values())
+    stage_stats = {s: Stats.from_times(t, 1, HOOK_METHOD) for s, t in stage_times.items()}
+    total_median = sum(st.median_ms for st in stage_stats.values())
     record.derived["hooked_fwd_median_ms"] = Stats.from_times(hooked_total, 1, HOOK_METHOD).median_ms
     for stage in STAGES:
         exact_stage = sum(c.macs for c in exact if _stage_of(c.name) == stage)
@@ -290,18 +304,22 @@ def _breakdown(profile: NetProfile, net: nn.Module, x: torch.Tensor, device: tor
         r.exact.update({"params": sum(p.numel() for p in modules[stage].parameters()),
                         "counted_MACs": module_macs.get(stage), "exact_MACs": exact_stage})
         r.checks["exact_match"] = module_macs.get(stage) == exact_stage
-        r.latency["fwd"] = Stats.from_times(stage_times[stage], 1, HOOK_METHOD)
+        r.latency["fwd"] = stage_stats[stage]
         r.derived.update({
             "MACs_share_pct": _pct(module_macs.get(stage), total_counted),
-            "latency_share_pct": _pct(stage_median[stage], total_median),
+            "latency_share_pct": _pct(stage_stats[stage].median_ms, total_median),
         })
         profile.stages.append(r)
-    if not options.per_layer:
-        return
-    names = [c.name for c in exact]
-    layer_times = time_parts(net, x, names, device, options.hooked_runs)
-    medians = {n: Stats.from_times(t, 1, HOOK_METHOD).median_ms for n, t in layer_times.items()}
-    layers_total = sum(medians.values())
+
+
+def _layers(profile: NetProfile, net: nn.Module, x: torch.Tensor, device: torch.device,
+            exact: list[LayerCost], options: NetOptions) -> None:
+    record = profile.net
+    module_macs: dict[str, int] = record.detail.get("module_macs", {})
+    total_counted = record.exact.get("counted_MACs")
+    layer_times = time_parts(net, x, [c.name for c in exact], device, options.hooked_runs)
+    layer_stats = {n: Stats.from_times(t, 1, HOOK_METHOD) for n, t in layer_times.items()}
+    layers_total = sum(st.median_ms for st in layer_stats.values())
     record.derived["hooked_layers_sum_ms"] = layers_total
     for c in exact:
         r = Record(kind="net-layer", name=f"{profile.spec.label}:{c.name}",
@@ -309,22 +327,16 @@ def _breakdown(profile: NetProfile, net: nn.Module, x: torch.Tensor, device: tor
         r.exact.update({"params": c.params, "counted_MACs": module_macs.get(c.name),
                         "exact_MACs": c.macs})
         r.checks["exact_match"] = module_macs.get(c.name) == c.macs
-        r.latency["fwd"] = Stats.from_times(layer_times[c.name], 1, HOOK_METHOD)
+        r.latency["fwd"] = layer_stats[c.name]
         r.derived.update({
             "layer_type": c.kind,
             "MACs_share_pct": _pct(module_macs.get(c.name), total_counted),
-            "latency_share_pct": _pct(medians[c.name], layers_total),
+            "latency_share_pct": _pct(layer_stats[c.name].median_ms, layers_total),
         })
         profile.layers.append(r)
 
 
 # ---- the report people read -------------------------------------------------------------
-
-
-def _ms(stats: Stats | None) -> str:
-    if stats is None:
-        return ""
-    return f"{stats.median_ms:.2f} [{stats.q1_ms:.2f}-{stats.q3_ms:.2f}] n={stats.runs}"
 
 
 def summary_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
@@ -337,11 +349,11 @@ def summary_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
             "counted MACs (G)": (r.exact.get("counted_MACs") or 0) / 1e9,
             "exact MACs (G)": r.exact.get("exact_MACs", 0) / 1e9,
             "counted == exact": r.checks.get("exact_match"),
-            "fwd ms median [IQR] n": _ms(r.latency.get("fwd")),
+            "fwd ms median [IQR] n": latency_text(r.latency.get("fwd"), 2),
             "fwd images/s": r.derived.get("fwd_images_per_s"),
         }
         if "fwd_bwd" in r.latency:
-            row["fwd+bwd ms median [IQR] n"] = _ms(r.latency.get("fwd_bwd"))
+            row["fwd+bwd ms median [IQR] n"] = latency_text(r.latency.get("fwd_bwd"), 2)
             row["fwd+bwd images/s"] = r.derived.get("fwd_bwd_images_per_s")
         for phase, m in r.memory.items():
             row[f"{phase.replace('_', '+')} peak MiB"] = m.peak_bytes / 2**20
@@ -414,7 +426,7 @@ def choice_rows(spec: NetSpec) -> list[dict[str, Any]]:
     """The architecture choices the LR-Net paper leaves open, each counted from formulas,
     against the printed figures: which one reproduces the table."""
     netdef = get_net(spec.name)
-    if not netdef.paper or "widths" not in netdef.options or spec.overrides:
+    if not netdef.paper or "widths" not in netdef.options or not spec.is_default_net:
         return []
     printed = netdef.paper[0]
     variants = [
@@ -433,60 +445,46 @@ def choice_rows(spec: NetSpec) -> list[dict[str, Any]]:
 
 def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
                environment: device_facts.Environment | None = None,
-               terminal_layers: int = 15) -> tuple[Any, list]:
-    """The report (all sections, for markdown) and the shorter list for the terminal."""
-    from lrprof.record import Report, Section
-
-    device = torch.device(profiles[0].spec.device)
-    env = environment or device_facts.collect(device)
-    summary = Section("Networks (MACs: multiply-accumulates; 1 MAC = 2 FLOPs)", summary_rows(profiles),
-                      "latency: milliseconds per forward pass of the batch, median [quartiles], n runs")
-    stages = Section("MACs vs time per stage", stage_rows(profiles),
-                     f"stage latency: {HOOK_METHOD}; shares are of the summed stage medians")
-    sections = [summary, stages]
-    terminal = [summary, stages]
-    if len(profiles) >= 2:
-        vs = Section(f"{profiles[0].net.name} vs {profiles[1].net.name}, same run",
-                     versus_rows(profiles[0], profiles[1]),
-                     "stage rows use hooked stage latencies; the whole-net row the unhooked timing")
-        sections.append(vs)
-        terminal.append(vs)
-    paper = []
-    for p in profiles:
-        for row in p.net.detail.get("paper_check", []):
-            paper.append({"net": p.net.name, **row})
-        reconstructed = get_net(p.spec.name).reconstructed
-        if reconstructed and not p.spec.overrides:
-            macs = sum(c.macs for c in exact_by_layer(NetSpec(p.spec.name)))
-            for row in paper_checks(p.net.exact["params"], macs, [reconstructed]):
-                paper.append({"net": p.net.name, **row})
+               terminal_layers: int = 15) -> Report:
+    """All sections go to markdown; the terminal gets the summary views and the slowest
+    layers only."""
+    env = environment or device_facts.collect(torch.device(profiles[0].spec.device))
+    sections = [Section("Networks (MACs: multiply-accumulates; 1 MAC = 2 FLOPs)", summary_rows(profiles),
+                        "latency: milliseconds per forward pass of the batch, median [quartiles], "
+                        "n runs (RxC: R runs, each the mean of C calls)")]
+    sums = "; ".join(
+        f"{p.net.name}: stage medians sum to {sum(s.latency['fwd'].median_ms for s in p.stages):.2f} ms, "
+        f"unhooked whole-net median {p.net.latency['fwd'].median_ms:.2f} ms"
+        for p in profiles if p.stages and "fwd" in p.net.latency)
+    sections.append(Section("MACs vs time per stage", stage_rows(profiles),
+                            f"stage latency: {HOOK_METHOD}; shares are of the summed stage medians "
+                            f"({sums})"))
+    if len(profiles) >= 2 and profiles[0].stages and profiles[1].stages:
+        sections.append(Section(f"{profiles[0].net.name} vs {profiles[1].net.name}, same run",
+                                versus_rows(profiles[0], profiles[1]),
+                                "stage rows use hooked stage latencies; the whole-net row the "
+                                "unhooked timing"))
+    paper = _paper_section(profiles)
     if paper:
-        note = (f"verdict: params within {PARAMS_TOLERANCE_PCT:g}%, MACs within {MACS_TOLERANCE_PCT:g}% "
-                "(ours: exact formula count at the tables' input, 224x224 and batch 1, whatever this "
-                "run's input; BN, ReLU, pooling and residual adds count 0)")
-        for p in profiles:
-            checks = p.net.detail.get("paper_check", [])
-            if len(checks) > 1:
-                matched = [c["source"] for c in checks if c["verdict"] == "pass"]
-                note += (f". {p.net.name}: {len(checks)} printed figures; ours matches "
-                         f"{' and '.join(matched) if matched else 'none of them'}")
-        paper_section = Section("Paper check", paper, note)
-        sections.append(paper_section)
-        terminal.append(paper_section)
+        sections.append(paper)
     for p in profiles:
         choices = choice_rows(p.spec)
         if choices:
             sections.append(Section(f"Choices the paper leaves open: {p.net.name}", choices,
-                                    "each counted from formulas at 224x224, batch 1"))
+                                    "each counted from formulas at 224x224, batch 1", show="markdown"))
     for p in profiles:
-        if p.layers:
-            sections.append(Section(f"Per layer: {p.net.name}", layer_rows(p),
-                                    f"layer latency: {HOOK_METHOD}; shares are of the summed layer "
-                                    f"medians ({p.net.derived.get('hooked_layers_sum_ms', 0):.2f} ms) "
-                                    f"against the unhooked whole-net median "
-                                    f"({p.net.latency['fwd'].median_ms:.2f} ms)"))
-            terminal.append(Section(f"Per layer: {p.net.name}, {terminal_layers} slowest",
-                                    layer_rows(p, terminal_layers), "all layers in the markdown and CSV"))
+        if not p.layers:
+            continue
+        unhooked = p.net.latency.get("fwd")
+        sections.append(Section(
+            f"Per layer: {p.net.name}", layer_rows(p),
+            f"layer latency: {HOOK_METHOD}; shares are of the summed layer medians "
+            f"({p.net.derived.get('hooked_layers_sum_ms', 0):.2f} ms) against the unhooked "
+            f"whole-net median ({unhooked.median_ms if unhooked else float('nan'):.2f} ms)",
+            show="markdown"))
+        sections.append(Section(f"Per layer: {p.net.name}, {terminal_layers} slowest",
+                                layer_rows(p, terminal_layers), "all layers in the markdown and CSV",
+                                show="terminal"))
     records = []
     for p in profiles:
         records += [p.net, *p.stages, *p.layers]
@@ -498,5 +496,28 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
     ]
     if any("fwd_bwd" in p.net.latency for p in profiles):
         notes.append("forward+backward runs in train mode (batch norm on batch statistics).")
-    report = Report("net", env, records, sections, notes, argv or [])
-    return report, terminal
+    return Report("net", env, records, sections, notes, argv or [])
+
+
+def _paper_section(profiles: list[NetProfile]) -> Section | None:
+    rows = []
+    for p in profiles:
+        for row in p.net.detail.get("paper_check", []):
+            rows.append({"net": p.net.name, **row})
+        reconstructed = get_net(p.spec.name).reconstructed
+        if reconstructed and p.spec.is_default_net:
+            macs = sum(c.macs for c in exact_by_layer(NetSpec(p.spec.name)))
+            for row in paper_checks(p.net.exact["params"], macs, [reconstructed]):
+                rows.append({"net": p.net.name, **row})
+    if not rows:
+        return None
+    note = (f"verdict: params within {PARAMS_TOLERANCE_PCT:g}%, MACs within {MACS_TOLERANCE_PCT:g}% "
+            "(ours: exact formula count at the tables' input, 224x224 and batch 1, whatever this "
+            "run's input; BN, ReLU, pooling and residual adds count 0)")
+    for p in profiles:
+        checks = p.net.detail.get("paper_check", [])
+        if len(checks) > 1:
+            matched = [c["source"] for c in checks if c["verdict"] == "pass"]
+            note += (f". {p.net.name}: {len(checks)} printed figures; ours matches "
+                     f"{' and '.join(matched) if matched else 'none of them'}")
+    return Section("Paper check", rows, note)

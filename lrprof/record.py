@@ -154,11 +154,13 @@ class Record:
 
 @dataclass
 class Section:
-    """A table for people (terminal and markdown); machines read the records instead."""
+    """A table for people; machines read the records instead. `show`: "both", or only in
+    the "terminal" or only in the "markdown" rendering."""
 
     title: str
     rows: list[dict[str, Any]]
     note: str = ""
+    show: str = "both"
 
 
 @dataclass
@@ -185,7 +187,8 @@ class Report:
             "environment": self.environment.to_dict(),
             "notes": self.notes,
             "records": [r.to_dict() for r in self.records],
-            "sections": [{"title": s.title, "note": s.note, "rows": s.rows} for s in self.sections],
+            "sections": [{"title": s.title, "note": s.note, "rows": s.rows, "show": s.show}
+                         for s in self.sections],
         }
 
     @classmethod
@@ -194,7 +197,7 @@ class Report:
             command=data["command"],
             environment=Environment.from_dict(data["environment"]),
             records=[Record.from_dict(r) for r in data.get("records", [])],
-            sections=[Section(s["title"], s["rows"], s.get("note", ""))
+            sections=[Section(s["title"], s["rows"], s.get("note", ""), s.get("show", "both"))
                       for s in data.get("sections", [])],
             notes=list(data.get("notes", [])),
             argv=list(data.get("argv", [])),

@@ -9,14 +9,14 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
 from lrprof.errors import SpecError
-from lrprof.record import Report, Section
+from lrprof.measure.timing import Stats
+from lrprof.record import Report
 
 FORMATS = ("md", "csv", "json")
 
@@ -32,7 +32,9 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
-        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
+        if abs(value) >= 1e6:
+            return f"{value:,.0f}"
+        if value != 0 and abs(value) < 1e-3:
             return f"{value:.4g}"
         return f"{value:,.4g}" if abs(value) >= 1000 else f"{value:.4g}"
     return str(value)
@@ -64,9 +66,18 @@ def environment_lines(report: Report) -> list[str]:
     return lines
 
 
-def render_terminal(report: Report, sections: Iterable[Section] | None = None) -> str:
+def latency_text(stats: Stats | None, digits: int = 3) -> str:
+    """'12.345 [12.1-12.6] n=10', or n=10x100 when each run averages 100 calls."""
+    if stats is None:
+        return ""
+    runs = f"{stats.runs}x{stats.calls_per_run}" if stats.calls_per_run > 1 else f"{stats.runs}"
+    return (f"{stats.median_ms:.{digits}f} [{stats.q1_ms:.{digits}f}-{stats.q3_ms:.{digits}f}] "
+            f"n={runs}")
+
+
+def render_terminal(report: Report) -> str:
     parts = [f"lrprof {report.command} - {report.environment.summary()}"]
-    for section in sections if sections is not None else report.sections:
+    for section in (s for s in report.sections if s.show != "markdown"):
         parts.append(f"\n{section.title}")
         parts.append(_table(section.rows, "simple"))
         if section.note:
@@ -79,7 +90,7 @@ def render_markdown(report: Report) -> str:
     parts = [f"# lrprof {report.command}", ""]
     parts += [f"- {line}" for line in environment_lines(report)]
     parts += [f"- created {report.created}", f"- command: `lrprof {' '.join(report.argv)}`", ""]
-    for section in report.sections:
+    for section in (s for s in report.sections if s.show != "terminal"):
         parts += [f"## {section.title}", "", _table(section.rows, "github"), ""]
         if section.note:
             parts += [section.note, ""]

@@ -80,7 +80,7 @@ class LayerSpec:
     stride: int = 1
     batch: int = 1
     dtype: str = "float32"
-    device: str = "cpu"
+    device: str = "auto"  # cuda when present, else cpu
     impl: str = "unfold"
     options: tuple[tuple[str, Any], ...] = field(default=())
 
@@ -112,7 +112,7 @@ class LayerSpec:
             "m": self.m,
             "stride": self.stride,
             "dtype": self.dtype,
-            "device": torch.device(self.device).type,
+            "device": torch.device(default_device() if self.device == "auto" else self.device).type,
         }
         out.update(dict(self.options))
         return out

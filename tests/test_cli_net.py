@@ -50,7 +50,7 @@ def test_net_overrides_name_the_variant(tmp_path):
     (["net", "lr50", "--k", "6"], "--k"),
     (["net", "lr50", "--size", "0"], "--size"),
     (["net", "lr50", "--hooked-runs", "1"], "--hooked-runs"),
-    (["net", "lr50", "--vs", "nope"], "NAME"),
+    (["net", "lr50", "--vs", "nope"], "--vs"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, capsys):
     assert main(args) == 2

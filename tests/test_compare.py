@@ -194,7 +194,7 @@ def test_slower_row_in_json(tmp_path, capsys):
     assert fwd["change_pct"] == pytest.approx(50.0)
     assert "IQR" in fwd["why"]
     assert data["thresholds"] == {"max_slowdown": 0.10, "max_memory_growth": 0.05,
-                                  "allow_model_change": False}
+                                  "allow_model_change": False, "require_all": False}
 
 
 def test_faster_row_is_better_and_passes(tmp_path, capsys, base):
@@ -774,3 +774,25 @@ def test_real_layer_report_compares_equal_to_itself(tmp_path, capsys):
         assert [r["status"] for r in data["rows"]] == ["same"]
         compared = {m["metric"] for m in data["rows"][0]["metrics"]}
         assert {"counted_MACs", "params", "fwd_median_ms", "fwd_peak_bytes"} <= compared
+
+
+def test_require_all_fails_when_a_baseline_row_is_missing(tmp_path, capsys):
+    old = write(tmp_path / "old.json", [record(k=3), record(k=5, name="gone k5")])
+    new = write(tmp_path / "new.json", [record(k=3)])
+    rc, out, _ = cli(capsys, old, new)
+    assert rc == 0 and "gone k5" in out  # listed, not gated, by default
+    rc, out, _ = cli(capsys, old, new, "--require-all")
+    assert rc == 1
+    assert out.splitlines()[0].startswith("REGRESSION") and "1 baseline rows missing" in out
+
+
+def test_different_timing_threads_are_a_warning(tmp_path, capsys):
+    fast = Stats.from_times([1.0, 1.0, 1.0, 1.0], 1, "torch.utils.benchmark", threads=1)
+    other = Stats.from_times([1.0, 1.0, 1.0, 1.0], 1, "torch.utils.benchmark", threads=2)
+    old = write(tmp_path / "old.json", [record(fwd=fast)])
+    new = write(tmp_path / "new.json", [record(fwd=other)])
+    rc, data = as_json(capsys, old, new)
+    assert rc == 0
+    assert any("thread counts" in w and "1 threads (old)" in w for w in data["warnings"])
+    rc, out, err = cli(capsys, old, new, "--strict")
+    assert rc == 2 and "thread" in err

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lrprof
+from lrprof.errors import SpecError
 from lrprof.measure import device as device_facts
 from lrprof.measure.memory import CPU_METHOD, MemoryStats, cpu_peak, peak_memory, tensor_bytes
 from lrprof.measure.timing import Stats, TimingOptions, time_callable, warm_up
@@ -59,7 +60,7 @@ def test_warm_up_runs_at_least_the_asked_calls():
     assert per_call >= 0
 
 
-def test_time_callable_cpu_uses_benchmark_timer_with_given_threads():
+def test_time_callable_cpu_uses_benchmark_timer_on_torch_threads():
     x = torch.randn(32, 32)
     calls = []
 
@@ -68,7 +69,8 @@ def test_time_callable_cpu_uses_benchmark_timer_with_given_threads():
         return x @ x
 
     before = torch.get_num_threads()
-    options = TimingOptions(min_runs=3, min_time_s=0.05, warmup=1, warmup_s=0, threads=1)
+    torch.set_num_threads(1)  # the conftest fixture restores the session's setting
+    options = TimingOptions(min_runs=3, min_time_s=0.05, warmup=1, warmup_s=0)
     stats = time_callable(fn, CPU, options)
     assert "torch.utils.benchmark" in stats.method
     assert stats.threads == 1
@@ -76,7 +78,8 @@ def test_time_callable_cpu_uses_benchmark_timer_with_given_threads():
     assert stats.calls_per_run >= 1
     assert 0 < stats.min_ms <= stats.q1_ms <= stats.median_ms <= stats.q3_ms <= stats.max_ms
     assert len(calls) >= stats.runs * stats.calls_per_run  # fn itself was timed
-    assert torch.get_num_threads() == before  # the thread setting is restored
+    assert torch.get_num_threads() == 1  # timing leaves the thread setting alone
+    torch.set_num_threads(before)
 
 
 def test_time_callable_cpu_defaults_to_torch_threads():
@@ -87,9 +90,17 @@ def test_time_callable_cpu_defaults_to_torch_threads():
 
 
 def test_time_callable_cpu_honours_min_runs():
-    options = TimingOptions(min_runs=12, min_time_s=0.05, warmup=5, warmup_s=0, threads=1)
+    options = TimingOptions(min_runs=12, min_time_s=0.05, warmup=5, warmup_s=0)
     stats = time_callable(lambda: time.sleep(0.0005), CPU, options)
     assert stats.runs >= 12
+
+
+@pytest.mark.parametrize("field,value", [("min_runs", 1), ("min_time_s", float("nan")),
+                                         ("min_time_s", float("inf")), ("min_time_s", 0.0),
+                                         ("warmup", -1), ("warmup_s", float("inf"))])
+def test_timing_options_reject_values_that_could_hang_or_mislead(field, value):
+    with pytest.raises(SpecError):
+        TimingOptions(**{field: value})
 
 
 # ---- memory -----------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def test_markdown_has_environment_command_and_sections():
 def test_terminal_table_shows_layer_and_verdict():
     record = make_record()
     report = make_report(record)
-    text = render_terminal(report, report.sections[:3])
+    text = render_terminal(report)
     assert text.startswith("lrprof layer - Test CPU (cpu, 2 threads), torch 9.9.9")
     assert "lr[unfold] k=3 m=4" in text
     s = record.latency["fwd"]
@@ -228,7 +228,7 @@ def test_terminal_table_shows_layer_and_verdict():
 @pytest.mark.parametrize(
     "value,text",
     [(None, ""), (True, "yes"), (False, "no"), (1234567, "1,234,567"), (0.5, "0.5"),
-     (2.5e7, "2.5e+07"), ("x", "x")],
+     (2.5e7, "25,000,000"), (28349440.4, "28,349,440"), ("x", "x")],
 )
 def test_fmt(value, text):
     assert fmt(value) == text

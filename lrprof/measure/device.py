@@ -58,22 +58,25 @@ def cpu_model() -> str | None:
 
 
 def git_commit() -> str | None:
-    """The commit of the lrprof checkout, when it runs from one."""
+    """The commit of the lrprof checkout it runs from; None for an installed copy (whose
+    enclosing repository, if any, would be someone else's)."""
     root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
+    if not (root / "pyproject.toml").is_file() or not (root / ".git").exists():
         return None
-    if out.returncode != 0:
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                 timeout=5, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if commit is None:
         return None
-    dirty = subprocess.run(
-        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True, text=True, timeout=5, check=False,
-    ).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return commit + ("-dirty" if dirty else "")
 
 
 def _nvml_facts(device: torch.device, unreadable: dict[str, str]) -> dict[str, Any]:
@@ -115,11 +118,13 @@ def _nvml_facts(device: torch.device, unreadable: dict[str, str]) -> dict[str, A
         read("nvml_name", lambda: pynvml.nvmlDeviceGetName(handle))
         read("driver_version", pynvml.nvmlSystemGetDriverVersion)
         read("memory_total_bytes", lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-        read("sm_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
+        # Read before measuring, so an idle clock: the boost clock during a run is higher.
+        read("sm_clock_mhz_before_run",
+             lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
         read("sm_clock_max_mhz",
              lambda: pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM))
         read("power_limit_w", lambda: pynvml.nvmlDeviceGetPowerManagementLimit(handle), 1e-3)
-        read("temperature_c",
+        read("temperature_c_before_run",
              lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))
     finally:
         with contextlib.suppress(Exception):

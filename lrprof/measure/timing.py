@@ -7,6 +7,7 @@ explicitly (Timer runs on one thread unless told otherwise).
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -49,14 +50,27 @@ class Stats:
 
 @dataclass(frozen=True)
 class TimingOptions:
+    """How long to time. CPU timings run on torch's current thread count (set it with
+    torch.set_num_threads, or --threads), which every Stats records."""
+
     warmup: int = 3  # calls before timing (at least this many, and at least warmup_s)
     warmup_s: float = 0.2
     min_runs: int = 10
     min_time_s: float = 1.0  # CPU: total timed time asked of blocked_autorange
-    threads: int | None = None  # CPU threads; None keeps torch's current setting
+
+    def __post_init__(self) -> None:
+        from lrprof.errors import SpecError
+
+        if not isinstance(self.min_runs, int) or self.min_runs < 2:
+            raise SpecError("min-runs", "must be an integer >= 2", self.min_runs)
+        if not math.isfinite(self.min_time_s) or self.min_time_s <= 0:
+            raise SpecError("min-time", "must be a finite number of seconds > 0", self.min_time_s)
+        if self.warmup < 0 or not math.isfinite(self.warmup_s) or self.warmup_s < 0:
+            raise SpecError("warmup", "must be >= 0 calls and a finite number of seconds >= 0",
+                            (self.warmup, self.warmup_s))
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -68,7 +82,7 @@ def warm_up(fn: Callable[[], object], device: torch.device, options: TimingOptio
     while len(seconds) < options.warmup or time.perf_counter() - started < options.warmup_s:
         t0 = time.perf_counter()
         fn()
-        _synchronize(device)
+        synchronize(device)
         seconds.append(time.perf_counter() - t0)
     return statistics.median(seconds)
 
@@ -91,13 +105,8 @@ def time_cuda(fn: Callable[[], object], device: torch.device, options: TimingOpt
 def time_cpu(fn: Callable[[], object], options: TimingOptions) -> Stats:
     from torch.utils.benchmark import Timer
 
-    threads = options.threads or torch.get_num_threads()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        per_call = warm_up(fn, torch.device("cpu"), options)
-    finally:
-        torch.set_num_threads(previous)
+    threads = torch.get_num_threads()
+    per_call = warm_up(fn, torch.device("cpu"), options)
     # blocked_autorange picks its own block size (1, 10, 100... calls), so the time asked
     # for may give fewer blocks than min_runs: ask again with a budget from the block seen.
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)

@@ -22,6 +22,7 @@ from lrprof.ops.local_relation import LocalRelation2d
 
 LR_WIDTHS = (100, 200, 400, 800)
 STEM_K, STEM_M = 7, 1
+MAX_K = 31  # a sanity bound: the paper stops at 9; 31 spans most of res3 at 224x224
 
 
 def lr_stem(channels: int = 64) -> nn.Sequential:
@@ -46,8 +47,8 @@ def lrnet(
 ) -> StagedNet:
     from lrprof.errors import SpecError
 
-    if k < 1 or k % 2 == 0:
-        raise SpecError("k", "must be an odd integer >= 1", k)
+    if not 1 <= k <= MAX_K or k % 2 == 0:
+        raise SpecError("k", f"must be an odd integer in 1..{MAX_K}", k)
     if m < 1 or m > min(widths):
         raise SpecError("m", f"must be an integer in 1..{min(widths)} (the narrowest width)", m)
     if stem not in ("lr", "conv"):

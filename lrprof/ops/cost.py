@@ -21,7 +21,8 @@ class CostModel:
     `macs` are multiply-accumulates (1 MAC = 2 FLOPs). Softmax exponentials are not MACs
     and are kept apart in `softmax_exps`. `paper_macs` is the published O-model evaluated
     at this configuration (None when the operator has none). `activation_bytes` names the
-    tensors the operator must hold whatever the implementation, with their sizes.
+    tensors a reference kernel of the operator holds (the official one where there is one),
+    and `implementation_bytes` the largest buffer of lrprof's own implementation.
     """
 
     terms: tuple[Term, ...]
@@ -31,6 +32,7 @@ class CostModel:
     paper_formula: str = ""
     paper_band: tuple[float, float] = (0.5, 1.1)
     activation_bytes: dict[str, int] = field(default_factory=dict)
+    implementation_bytes: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
     @property

@@ -59,6 +59,23 @@ def relative_offsets(k: int) -> torch.Tensor:
     return torch.stack([rows, cols]).unsqueeze(0)
 
 
+def check_hyperparameters(channels: int, k: int, m: int, stride: int, phi: str,
+                          geometry_hidden: int | None) -> None:
+    """The layer's own constraints (sizes of the input are checked by the spec)."""
+    if not isinstance(channels, int) or channels < 1:
+        raise SpecError("channels", "must be an integer >= 1", channels)
+    if not isinstance(k, int) or k < 1 or k % 2 == 0:
+        raise SpecError("k", "must be an odd integer >= 1", k)
+    if not isinstance(m, int) or not 1 <= m <= channels:
+        raise SpecError("m", f"must be an integer in 1..channels (1..{channels})", m)
+    if not isinstance(stride, int) or not 1 <= stride <= k:
+        raise SpecError("stride", f"must be an integer in 1..k (1..{k})", stride)
+    if phi not in PHIS:
+        raise SpecError("phi", f"one of {', '.join(PHIS)}", phi)
+    if geometry_hidden is not None and (not isinstance(geometry_hidden, int) or geometry_hidden < 1):
+        raise SpecError("geometry-hidden", "must be an integer >= 1", geometry_hidden)
+
+
 class LocalRelation2d(nn.Module):
     """Local relation layer; see the module docstring for the data flow."""
 
@@ -72,8 +89,7 @@ class LocalRelation2d(nn.Module):
         geometry_hidden: int | None = None,
     ) -> None:
         super().__init__()
-        if phi not in PHIS:
-            raise SpecError("phi", f"one of {', '.join(PHIS)}", phi)
+        check_hyperparameters(channels, kernel_size, m, stride, phi, geometry_hidden)
         self.channels = channels
         self.kernel_size = kernel_size
         self.m = m
@@ -158,18 +174,11 @@ class LocalRelation2d(nn.Module):
 
 
 def validate(spec: LayerSpec) -> None:
-    if not isinstance(spec.k, int) or spec.k < 1 or spec.k % 2 == 0:
-        raise SpecError("k", "must be an odd integer >= 1", spec.k)
-    if not isinstance(spec.m, int) or not 1 <= spec.m <= spec.channels:
-        raise SpecError("m", f"must be an integer in 1..channels (1..{spec.channels})", spec.m)
-    if not isinstance(spec.stride, int) or not 1 <= spec.stride <= spec.k:
-        raise SpecError("stride", f"must be an integer in 1..k (1..{spec.k})", spec.stride)
-    phi = spec.option("phi", "sqdiff")
-    if phi not in PHIS:
-        raise SpecError("phi", f"one of {', '.join(PHIS)}", phi)
-    hidden = spec.option("geometry_hidden")
-    if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
-        raise SpecError("geometry-hidden", "must be an integer >= 1", hidden)
+    check_hyperparameters(spec.channels, spec.k, spec.m, spec.stride, spec.option("phi", "sqdiff"),
+                          spec.option("geometry_hidden"))
+    largest = 2 * max(spec.height, spec.width) + 1  # beyond it every window covers the image
+    if spec.k > largest:
+        raise SpecError("k", f"must be an odd integer in 1..{largest} (2 x the input size + 1)", spec.k)
 
 
 def build(spec: LayerSpec) -> LocalRelation2d:
@@ -221,10 +230,11 @@ def cost_of(
     params = 2 * c * g + c * c + (2 * h + h) + (h * g + g)
     paper = ((1 + s * s) / m + 1) * c * (c + k2) * hw / (s * s) * b
     e = bytes_per_element
+    # What the official three-pass kernel holds (reference sec. 1): never the C*k^2 windows.
     activation_bytes = {
         "key": b * g * hw * e,
         "query": b * g * out_hw * e,
-        "logits/weights": b * g * k2 * out_hw * e,
+        "logits/weights (G*k^2*H'W')": b * g * k2 * out_hw * e,
         "aggregated": b * c * out_hw * e,
         "output": b * c * out_hw * e,
     }
@@ -235,17 +245,16 @@ def cost_of(
         paper_macs=paper,
         paper_formula=PAPER_FORMULA,
         activation_bytes=activation_bytes,
+        implementation_bytes={
+            # the unfold implementation's k^2 windows of x, and the weighted copy of them
+            "unfold windows (C*k^2*H'W')": b * c * k2 * out_hw * e,
+            "weighted windows (C*k^2*H'W')": b * c * k2 * out_hw * e,
+        },
         notes=(
             f"G = ceil(C/m) = {g}" + ("" if c % m == 0 else f" (last group holds {c - (g - 1) * m})"),
             f"geometry prior hidden width h = {h}",
         ),
     )
-
-
-def unfold_window_bytes(spec: LayerSpec) -> int:
-    """The unfold implementation's largest buffer: the k^2 windows of x."""
-    out_hw = output_size(spec.height, spec.stride) * output_size(spec.width, spec.stride)
-    return spec.batch * spec.channels * spec.k**2 * out_hw * spec.torch_dtype.itemsize
 
 
 def _register() -> None:
