@@ -19,6 +19,7 @@ from lrprof.errors import InputError, SpecError
 from lrprof.measure.memory import MemoryStats
 from lrprof.measure.timing import Stats
 from lrprof.record import ENV_COLUMNS, EXACT_COLUMNS, PHASES, SCHEMA, Record
+from lrprof.report import fmt
 
 WORSE, MODEL, ERROR, NOISE, BETTER, SAME = "worse", "model change", "error", "noise", "better", "same"
 SEVERITY = {ERROR: 0, MODEL: 1, WORSE: 2, NOISE: 3, BETTER: 4, SAME: 5}
@@ -196,8 +197,11 @@ def _latency(phase: str, old: Stats, new: Stats, t: Thresholds) -> MetricChange:
         name, old_span, new_span = "IQR", (old.q1_ms, old.q3_ms), (new.q1_ms, new.q3_ms)
     else:
         name, old_span, new_span = "min-max range", (old.min_ms, old.max_ms), (new.min_ms, new.max_ms)
-    return _noisy(f"{phase}_median_ms", old.median_ms, new.median_ms, old_span, new_span,
-                  t.max_slowdown, name)
+    change = _noisy(f"{phase}_median_ms", old.median_ms, new.median_ms, old_span, new_span,
+                    t.max_slowdown, name)
+    if old.calls_per_run != new.calls_per_run:  # block means spread less than single calls
+        change.why += f" (runs average {old.calls_per_run} vs {new.calls_per_run} calls)"
+    return change
 
 
 def _memory(phase: str, old: MemoryStats, new: MemoryStats, t: Thresholds) -> MetricChange:
@@ -281,16 +285,6 @@ def compare(old_path: Path, new_path: Path, thresholds: Thresholds | None = None
 # ---- rendering ----------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
 def verdict_line(c: Comparison) -> str:
     counts: dict[str, int] = {}
     for r in c.rows:
@@ -309,7 +303,7 @@ def table_rows(c: Comparison, include_same: bool) -> list[list[str]]:
             continue
         for m in shown:
             change = "" if m.change_pct is None else f"{m.change_pct:+.1f}%"
-            out.append([r.status, r.name, m.metric, _fmt(m.old), _fmt(m.new), change, m.why])
+            out.append([r.status, r.name, m.metric, fmt(m.old), fmt(m.new), change, m.why])
     return out
 
 
