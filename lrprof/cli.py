@@ -103,7 +103,7 @@ def layer(
     backward: Annotated[bool, typer.Option("--backward", help="also time forward+backward")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's)")] = None,
     min_runs: Annotated[int, typer.Option(help="fewest timed runs (>= 2)")] = 10,
-    min_time: Annotated[float, typer.Option(help="CPU: seconds of timed runs at least")] = 1.0,
+    min_time: Annotated[float, typer.Option(help="CPU: seconds of timed runs at least")] = 0.5,
     stock: Annotated[bool, typer.Option(help="also run stock fvcore and FlopCounterMode")] = True,
     out: Annotated[Path | None, typer.Option(help="write DIR/layer.{md,csv,json}")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="print only the paths written")] = False,

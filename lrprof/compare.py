@@ -18,7 +18,7 @@ from typing import Any
 from lrprof.errors import InputError, SpecError
 from lrprof.measure.memory import MemoryStats
 from lrprof.measure.timing import Stats
-from lrprof.record import ENV_COLUMNS, EXACT_COLUMNS, PHASES, SCHEMA, Record
+from lrprof.record import ENV_COLUMNS, EXACT_COLUMNS, PHASES, SCHEMA, Record, parse_cell
 from lrprof.report import fmt
 
 WORSE, MODEL, ERROR, NOISE, BETTER, SAME = "worse", "model change", "error", "noise", "better", "same"
@@ -118,19 +118,6 @@ def parse_percent(text: str, param: str) -> float:
     return value / 100.0
 
 
-def _number(text: str) -> Any:
-    if text == "":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if text in ("True", "False"):
-        return text == "True"
-    return text
-
-
 def load(path: Path) -> Loaded:
     """A report written by lrprof, as JSON or CSV; anything else is a one-line input error."""
     if not path.is_file():
@@ -161,7 +148,7 @@ def load(path: Path) -> Loaded:
         if not rows or "kind" not in rows[0] or "name" not in rows[0]:
             raise InputError(f"{path}: not an lrprof CSV report (needs kind and name columns)")
         try:
-            records = [Record.from_row({k: _number(v or "") for k, v in row.items()}) for row in rows]
+            records = [Record.from_row({k: parse_cell(v or "") for k, v in row.items()}) for row in rows]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{path}: malformed lrprof CSV report ({exc})") from None
         env = {c: rows[0].get(c) for c in ENV_COLUMNS if rows[0].get(c)}

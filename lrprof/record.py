@@ -29,6 +29,20 @@ _STAT_FIELDS = ("median", "q1", "q3", "min", "max")
 ENV_COLUMNS = ["device_name", "torch_version", "lrprof_version", "git_commit"]
 
 
+def parse_cell(text: str) -> Any:
+    """A CSV cell as the report wrote it: int, float, bool, None for empty, else the text."""
+    if text == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    return text
+
+
 def register_config_columns(*names: str) -> None:
     """Operators with options of their own make them identity columns here."""
     for name in names:

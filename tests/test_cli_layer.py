@@ -19,7 +19,7 @@ from lrprof.cli import main
 from lrprof.layer import MeasureOptions, layer_report, profile_layer
 from lrprof.measure.memory import CPU_METHOD, CUDA_METHOD
 from lrprof.measure.timing import TimingOptions
-from lrprof.record import SCHEMA, Record, Report
+from lrprof.record import SCHEMA, Record, Report, parse_cell
 from lrprof.report import render_csv, render_terminal
 from lrprof.spec import LayerSpec
 
@@ -47,17 +47,6 @@ def layer_args(out=None, *flags: str, **options: str) -> list[str]:
         args += ["--out", str(out)]
     return args
 
-
-def typed(value: str):
-    """What a CSV reader would make of a cell: int, float, None for empty, else the text."""
-    if value == "":
-        return None
-    for convert in (int, float):
-        try:
-            return convert(value)
-        except ValueError:
-            pass
-    return value
 
 
 @contextlib.contextmanager
@@ -189,7 +178,7 @@ def test_layer_backward_fills_fwd_bwd(backward_run):
 
 def test_csv_row_rebuilds_the_json_record(backward_run):
     (row,) = backward_run.rows
-    from_csv = Record.from_row({k: typed(v) for k, v in row.items()})
+    from_csv = Record.from_row({k: parse_cell(v) for k, v in row.items()})
     from_json = Report.from_dict(backward_run.json).records[0]
     assert from_csv.latency == from_json.latency
     assert from_csv.memory == from_json.memory

@@ -16,7 +16,7 @@ from lrprof.layer import layer_report
 from lrprof.measure.device import Environment
 from lrprof.measure.memory import CPU_METHOD, MemoryStats
 from lrprof.measure.timing import Stats
-from lrprof.record import SCHEMA, Record, Report
+from lrprof.record import SCHEMA, Record, Report, parse_cell
 from lrprof.report import (
     check_writable,
     fmt,
@@ -45,17 +45,6 @@ FWD_BWD_COLUMNS = [
     "fwd_bwd_peak_max_bytes", "fwd_bwd_memory_runs", "fwd_bwd_resident_bytes",
 ]
 
-
-def typed(value: str):
-    """What a CSV reader would make of a cell: int, float, None for empty, else the text."""
-    if value == "":
-        return None
-    for convert in (int, float):
-        try:
-            return convert(value)
-        except ValueError:
-            pass
-    return value
 
 
 def environment() -> Environment:
@@ -134,7 +123,7 @@ def peaks(memory: dict[str, MemoryStats]) -> dict[str, tuple]:
     return {phase: (m.peak_bytes, m.min_bytes, m.max_bytes, m.runs, m.method) for phase, m in memory.items()}
 
 
-@pytest.mark.parametrize("convert", [str, typed], ids=["raw-strings", "typed"])
+@pytest.mark.parametrize("convert", [str, parse_cell], ids=["raw-strings", "typed"])
 @pytest.mark.parametrize("backward", [False, True])
 def test_from_row_rebuilds_latency_and_memory(convert, backward):
     record = make_record(backward)
@@ -151,14 +140,14 @@ def test_from_row_rebuilds_latency_and_memory(convert, backward):
 def test_from_row_keeps_the_fwd_bwd_resident_bytes():
     record = make_record(backward=True)
     _, (row,) = csv_rows(make_report(record))
-    rebuilt = Record.from_row({k: typed(v) for k, v in row.items()})
+    rebuilt = Record.from_row({k: parse_cell(v) for k, v in row.items()})
     assert rebuilt.memory["fwd_bwd"] == record.memory["fwd_bwd"]
 
 
 def test_from_row_typed_keeps_config_and_exact_figures():
     record = make_record()
     _, (row,) = csv_rows(make_report(record))
-    rebuilt = Record.from_row({k: typed(v) for k, v in row.items()})
+    rebuilt = Record.from_row({k: parse_cell(v) for k, v in row.items()})
     assert rebuilt.config == record.config
     for column in ("params", "counted_MACs", "exact_MACs", "counted_softmax_exps"):
         assert rebuilt.exact[column] == record.exact[column]

@@ -56,7 +56,7 @@ class TimingOptions:
     warmup: int = 3  # calls before timing (at least this many, and at least warmup_s)
     warmup_s: float = 0.2
     min_runs: int = 10
-    min_time_s: float = 1.0  # CPU: total timed time asked of blocked_autorange
+    min_time_s: float = 0.5  # CPU: total timed time asked of blocked_autorange (min_runs rules)
 
     def __post_init__(self) -> None:
         from lrprof.errors import SpecError

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from lrprof.errors import SpecError
+from lrprof.registry import Registry
 
 STAGES = ("stem", "res2", "res3", "res4", "res5", "head")
 
@@ -36,24 +37,19 @@ class NetDef:
     reconstructed: PaperFigures | None = None  # a hand count from the reference, when no print
 
 
-_REGISTRY: dict[str, NetDef] = {}
+_NETS: Registry[NetDef] = Registry("net", "network")
 
 
 def register_net(net: NetDef) -> NetDef:
-    if net.name in _REGISTRY:
-        raise ValueError(f"network {net.name!r} registered twice")
-    _REGISTRY[net.name] = net
-    return net
+    return _NETS.register(net)
 
 
 def get_net(name: str) -> NetDef:
-    if name not in _REGISTRY:
-        raise SpecError("net", f"one of {', '.join(sorted(_REGISTRY))}", name)
-    return _REGISTRY[name]
+    return _NETS.get(name)
 
 
 def list_nets() -> list[NetDef]:
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return _NETS.all()
 
 
 def resolve_options(name: str, **overrides: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from torch import nn
 from lrprof.errors import SpecError
 from lrprof.ops.cost import CostModel, Term
 from lrprof.record import register_config_columns
+from lrprof.registry import Registry
 from lrprof.spec import LayerSpec
 
 __all__ = ["CostModel", "OpDef", "Term", "get_op", "list_ops", "register_op"]
@@ -37,25 +38,20 @@ class OpDef:
         return x.to(device=spec.device, dtype=spec.torch_dtype)
 
 
-_REGISTRY: dict[str, OpDef] = {}
+_OPS: Registry[OpDef] = Registry("op", "operator")
 
 
 def register_op(op: OpDef) -> OpDef:
-    if op.name in _REGISTRY:
-        raise ValueError(f"operator {op.name!r} registered twice")
-    _REGISTRY[op.name] = op
     register_config_columns(*op.option_names)
-    return op
+    return _OPS.register(op)
 
 
 def get_op(name: str) -> OpDef:
-    if name not in _REGISTRY:
-        raise SpecError("op", f"one of {', '.join(sorted(_REGISTRY))}", name)
-    return _REGISTRY[name]
+    return _OPS.get(name)
 
 
 def list_ops() -> list[OpDef]:
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return _OPS.all()
 
 
 def validate_spec(spec: LayerSpec) -> OpDef:
