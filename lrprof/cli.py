@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lrprof.errors import InputError, SpecError
+from lrprof.errors import InputError, SpecError, require_int
 
 app = typer.Typer(
     add_completion=False,
@@ -43,8 +43,7 @@ def _set_threads(threads: int | None) -> None:
     environment and every timing agree on it."""
     if threads is None:
         return
-    if threads < 1:
-        raise SpecError("threads", "must be an integer >= 1", threads)
+    require_int("threads", threads, 1)
     import torch
 
     torch.set_num_threads(threads)

@@ -26,3 +26,9 @@ def describe(exc: BaseException) -> str:
     """One line for a report row: the exception's type and the first line of its message."""
     first = (str(exc).strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first}"[:300]
+
+
+def require_int(param: str, value: object, minimum: int) -> None:
+    """An integer count or size, at least `minimum` (bool is not an integer here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpecError(param, f"must be an integer >= {minimum}", value)

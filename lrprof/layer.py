@@ -9,21 +9,20 @@ check the count against the exact and the published cost models.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from lrprof.checks import count_checks
-from lrprof.errors import SpecError, describe
+from lrprof.errors import require_int
 from lrprof.measure import counting
 from lrprof.measure import device as device_facts
-from lrprof.measure.memory import peak_memory, tensor_bytes
-from lrprof.measure.timing import TimingOptions, time_callable
+from lrprof.measure.timing import TimingOptions
 from lrprof.ops import CostModel, validate_spec
 from lrprof.record import Record, Report, Section
 from lrprof.report import latency_text
 from lrprof.spec import LayerSpec, resolve_device
+from lrprof.steps import add_stock_counts, measure_phases, run_step
 
 MIB = 2**20
 MEMORY_NOTE = (
@@ -41,24 +40,7 @@ class MeasureOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.memory_runs, int) or self.memory_runs < 1:
-            raise SpecError("memory-runs", "must be an integer >= 1", self.memory_runs)
-
-
-def run_step(record: Record, what: str, step: Callable[[], None], device: torch.device) -> bool:
-    """One stage of a profile (counting, timing a phase...). A failure (out of memory, a
-    kernel error, a tracer error) is added to `record.error`; what was measured stays, and
-    the stages after it still run."""
-    try:
-        step()
-        return True
-    except Exception as exc:  # recorded in the row, not raised: the report keeps the rest
-        text = f"{what}: {describe(exc)}"
-        record.error = f"{record.error}; {text}" if record.error else text
-        return False
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        require_int("memory-runs", self.memory_runs, 1)
 
 
 def profile_layer(spec: LayerSpec, options: MeasureOptions | None = None) -> Record:
@@ -107,65 +89,17 @@ def _count(record: Record, module: torch.nn.Module, x: torch.Tensor, cost: CostM
                                       cost.paper_macs, cost.paper_band))
     record.detail["ops"] = [dataclasses.asdict(o) for o in counted.by_op]
     if options.stock_counters:
-        stock = counting.stock_counts(module, x)
-        record.exact.update({
-            "fvcore_stock_MACs": stock.fvcore_macs,
-            "torch_flopcounter_FLOPs": stock.flopcounter_flops,
-            "torch_flopcounter_MACs": stock.flopcounter_macs,
-        })
-        record.checks["stock_missed_pct"] = (
-            100.0 * (1 - stock.fvcore_macs / counted.macs) if counted.macs else None
-        )
-        record.detail["fvcore_stock_skipped"] = stock.fvcore_skipped
+        add_stock_counts(record, module, x)
+        fvcore = record.exact["fvcore_stock_MACs"]
+        record.checks["stock_missed_pct"] = 100.0 * (1 - fvcore / counted.macs) if counted.macs else None
 
 
 def _measure(record: Record, module: torch.nn.Module, x: torch.Tensor, device: torch.device,
              options: MeasureOptions) -> None:
-    def forward() -> None:
-        with torch.no_grad():
-            module(x)
-
-    resident = tensor_bytes(module, x)
-
-    def time_forward() -> None:
-        record.latency["fwd"] = time_callable(forward, device, options.timing)
-        if record.exact.get("counted_MACs"):
-            median_s = record.latency["fwd"].median_ms / 1e3
-            record.derived["fwd_GMAC_per_s"] = record.exact["counted_MACs"] / median_s / 1e9
-
-    def memory_forward() -> None:
-        record.memory["fwd"] = peak_memory(forward, device, options.memory_runs, resident)
-
-    run_step(record, "timing fwd", time_forward, device)
-    run_step(record, "memory fwd", memory_forward, device)
-    if not options.backward:
-        return
-    x_grad = x.detach().clone().requires_grad_(True)
-    inputs = [x_grad, *module.parameters()]
-
-    state: dict = {}
-
-    def prepare() -> None:
-        with torch.no_grad():
-            state["grad_out"] = torch.randn_like(module(x))
-
-    if not run_step(record, "preparing fwd_bwd", prepare, device):
-        return
-    grad_out = state["grad_out"]
-    resident_bwd = tensor_bytes(module, x_grad, grad_out)
-
-    def forward_backward() -> None:
-        torch.autograd.grad(module(x_grad), inputs, grad_out)
-
-    def time_backward() -> None:
-        record.latency["fwd_bwd"] = time_callable(forward_backward, device, options.timing)
-
-    def memory_backward() -> None:
-        record.memory["fwd_bwd"] = peak_memory(forward_backward, device, options.memory_runs,
-                                               resident_bwd)
-
-    run_step(record, "timing fwd_bwd", time_backward, device)
-    run_step(record, "memory fwd_bwd", memory_backward, device)
+    measure_phases(record, module, x, device, options.timing, options.memory_runs, options.backward)
+    if "fwd" in record.latency and record.exact.get("counted_MACs"):
+        median_s = record.latency["fwd"].median_ms / 1e3
+        record.derived["fwd_GMAC_per_s"] = record.exact["counted_MACs"] / median_s / 1e9
 
 
 # ---- the report people read -------------------------------------------------------------

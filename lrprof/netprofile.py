@@ -17,17 +17,16 @@ import torch
 from torch import nn
 
 from lrprof.checks import count_checks
-from lrprof.errors import SpecError
-from lrprof.layer import run_step
+from lrprof.errors import require_int
 from lrprof.measure import counting
 from lrprof.measure import device as device_facts
-from lrprof.measure.memory import peak_memory, tensor_bytes
-from lrprof.measure.timing import Stats, TimingOptions, synchronize, time_callable
+from lrprof.measure.timing import Stats, TimingOptions, synchronize
 from lrprof.nets import STAGES, PaperFigures, create_net, display_name, get_net, resolve_options
 from lrprof.nets.cost import LayerCost, exact_costs
 from lrprof.record import Record, Report, Section
 from lrprof.report import latency_text
 from lrprof.spec import DTYPES, default_device, resolve_device, resolve_dtype
+from lrprof.steps import add_stock_counts, measure_phases, run_step
 
 PARAMS_TOLERANCE_PCT = 1.0
 MACS_TOLERANCE_PCT = 3.0
@@ -65,9 +64,7 @@ class NetSpec:
     def validate(self) -> None:
         build_meta(self)  # the builder checks its options; meta: no memory, no compute
         for name in ("batch", "height", "width"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise SpecError(name if name == "batch" else "size", "must be an integer >= 1", value)
+            require_int(name if name == "batch" else "size", getattr(self, name), 1)
         resolve_dtype(self.dtype)
 
 
@@ -84,10 +81,8 @@ class NetOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.hooked_runs, int) or self.hooked_runs < 2:
-            raise SpecError("hooked-runs", "must be an integer >= 2", self.hooked_runs)
-        if not isinstance(self.memory_runs, int) or self.memory_runs < 1:
-            raise SpecError("memory-runs", "must be an integer >= 1", self.memory_runs)
+        require_int("hooked-runs", self.hooked_runs, 2)
+        require_int("memory-runs", self.memory_runs, 1)
 
 
 @dataclass
@@ -234,56 +229,18 @@ def _count(profile: NetProfile, net: nn.Module, x: torch.Tensor, options: NetOpt
     record.detail["ops"] = [dataclasses.asdict(o) for o in counted.by_op]
     record.detail["module_macs"] = counted.module_macs
     if options.stock_counters:
-        stock = counting.stock_counts(net, x)
-        record.exact.update({"fvcore_stock_MACs": stock.fvcore_macs,
-                             "torch_flopcounter_FLOPs": stock.flopcounter_flops,
-                             "torch_flopcounter_MACs": stock.flopcounter_macs})
-        record.detail["fvcore_stock_skipped"] = stock.fvcore_skipped
+        add_stock_counts(record, net, x)
 
 
 def _measure(profile: NetProfile, net: nn.Module, x: torch.Tensor, device: torch.device,
              options: NetOptions) -> None:
     record = profile.net
-
-    def forward() -> None:
-        with torch.no_grad():
-            net(x)
-
-    def time_forward() -> None:
-        record.latency["fwd"] = time_callable(forward, device, options.timing)
-        record.derived["fwd_images_per_s"] = x.shape[0] / (record.latency["fwd"].median_ms / 1e3)
-
-    resident = tensor_bytes(net, x)
-    run_step(record, "timing fwd", time_forward, device)
-    run_step(record, "memory fwd", lambda: record.memory.update(
-        fwd=peak_memory(forward, device, options.memory_runs, resident)), device)
-    if not options.backward:
-        return
-    record.detail["backward_mode"] = "train mode (batch norm uses batch statistics)"
-    params = [p for p in net.parameters() if p.requires_grad]
-    state: dict[str, torch.Tensor] = {}
-
-    def prepare() -> None:
-        with torch.no_grad():
-            state["grad"] = torch.randn_like(net(x))
-
-    def forward_backward() -> None:
-        torch.autograd.grad(net(x), params, state["grad"])
-
-    def time_backward() -> None:
-        record.latency["fwd_bwd"] = time_callable(forward_backward, device, options.timing)
-        record.derived["fwd_bwd_images_per_s"] = (
-            x.shape[0] / (record.latency["fwd_bwd"].median_ms / 1e3))
-
-    net.train()
-    try:
-        if run_step(record, "preparing fwd_bwd", prepare, device):
-            run_step(record, "timing fwd_bwd", time_backward, device)
-            run_step(record, "memory fwd_bwd", lambda: record.memory.update(fwd_bwd=peak_memory(
-                forward_backward, device, options.memory_runs, resident + tensor_bytes(state["grad"]))),
-                device)
-    finally:
-        net.eval()
+    measure_phases(record, net, x, device, options.timing, options.memory_runs, options.backward,
+                   input_grad=False, train_for_backward=True)
+    for phase, stats in record.latency.items():
+        record.derived[f"{phase}_images_per_s"] = x.shape[0] / (stats.median_ms / 1e3)
+    if options.backward:
+        record.detail["backward_mode"] = "train mode (batch norm uses batch statistics)"
 
 
 def _stages(profile: NetProfile, net: nn.Module, x: torch.Tensor, device: torch.device,

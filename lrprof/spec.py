@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lrprof.errors import SpecError
+from lrprof.errors import SpecError, require_int
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -127,7 +127,5 @@ class LayerSpec:
     def validate_common(self) -> None:
         """Checks every operator shares; each operator adds its own in its module."""
         for name in ("channels", "height", "width", "batch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise SpecError(name, "must be an integer >= 1", value)
+            require_int(name, getattr(self, name), 1)
         resolve_dtype(self.dtype)

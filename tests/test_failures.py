@@ -56,12 +56,12 @@ def test_a_counting_failure_keeps_the_timing(monkeypatch):
 
 
 def test_a_timing_failure_keeps_the_count_and_the_memory(monkeypatch):
-    import lrprof.layer as layer_module
+    import lrprof.steps as steps_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: an illegal memory access\nmore lines")
 
-    monkeypatch.setattr(layer_module, "time_callable", broken)
+    monkeypatch.setattr(steps_module, "time_callable", broken)
     record = profile_layer(SMALL, FAST)
     assert record.error == "timing fwd: RuntimeError: CUDA error: an illegal memory access"
     assert record.exact["counted_MACs"] == record.exact["exact_MACs"]

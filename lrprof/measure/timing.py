@@ -59,10 +59,9 @@ class TimingOptions:
     min_time_s: float = 0.5  # CPU: total timed time asked of blocked_autorange (min_runs rules)
 
     def __post_init__(self) -> None:
-        from lrprof.errors import SpecError
+        from lrprof.errors import SpecError, require_int
 
-        if not isinstance(self.min_runs, int) or self.min_runs < 2:
-            raise SpecError("min-runs", "must be an integer >= 2", self.min_runs)
+        require_int("min-runs", self.min_runs, 2)
         if not math.isfinite(self.min_time_s) or self.min_time_s <= 0:
             raise SpecError("min-time", "must be a finite number of seconds > 0", self.min_time_s)
         if self.warmup < 0 or not math.isfinite(self.warmup_s) or self.warmup_s < 0:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrprof.errors import SpecError
+from lrprof.errors import SpecError, require_int
 from lrprof.ops.cost import CostModel, Term
 from lrprof.spec import LayerSpec
 
@@ -62,8 +62,7 @@ def relative_offsets(k: int) -> torch.Tensor:
 def check_hyperparameters(channels: int, k: int, m: int, stride: int, phi: str,
                           geometry_hidden: int | None) -> None:
     """The layer's own constraints (sizes of the input are checked by the spec)."""
-    if not isinstance(channels, int) or channels < 1:
-        raise SpecError("channels", "must be an integer >= 1", channels)
+    require_int("channels", channels, 1)
     if not isinstance(k, int) or k < 1 or k % 2 == 0:
         raise SpecError("k", "must be an odd integer >= 1", k)
     if not isinstance(m, int) or not 1 <= m <= channels:
@@ -72,8 +71,8 @@ def check_hyperparameters(channels: int, k: int, m: int, stride: int, phi: str,
         raise SpecError("stride", f"must be an integer in 1..k (1..{k})", stride)
     if phi not in PHIS:
         raise SpecError("phi", f"one of {', '.join(PHIS)}", phi)
-    if geometry_hidden is not None and (not isinstance(geometry_hidden, int) or geometry_hidden < 1):
-        raise SpecError("geometry-hidden", "must be an integer >= 1", geometry_hidden)
+    if geometry_hidden is not None:
+        require_int("geometry-hidden", geometry_hidden, 1)
 
 
 class LocalRelation2d(nn.Module):
