@@ -1,46 +1,78 @@
-"""The verdicts every profile states: does the count equal the exact model, is nothing
-left uncounted, do the parameters match the model, and how far is the published O-model.
+"""The verdicts every profile states.
 
-Only the first three are correctness claims (a failure is a bug: the CLI exits 1). The
-O-model is a bound up to a constant; being outside its band says where the formula stops
-predicting (tiny maps where the geometry prior dominates, C < m), not that a count is wrong.
+Failures (the CLI exits 1): an op no rule counts, memory written outside the dispatcher
+(an opaque kernel), fewer counted MACs than the operator's exact minimal model (a rule or
+the model is wrong: no implementation can do less than the minimum), parameters that
+differ from the model, an output that differs from the float64 reference.
+
+Findings that are not failures: an implementation doing more work than the minimum
+(the work ratio counted / exact, e.g. a formulation that recomputes), and the distance
+from the published O-model, which is a bound up to a constant (tiny maps where the
+geometry prior dominates, C < m), not a count.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lrprof.measure.counting import CountResult, uncounted_text
+from lrprof.measure.counting import CountResult, missing_text
 
-FAILED_CHECKS = ("counted != exact", "uncounted ops", "params != model")
+FAILURES = ("uncounted ops", "opaque kernel", "counted < exact", "params != model", "output mismatch")
 
 
 def count_checks(counted: CountResult, exact_macs: int, exact_exps: int,
                  params: int | None = None, model_params: int | None = None,
                  paper_macs: float | None = None,
                  band: tuple[float, float] | None = None) -> dict[str, Any]:
-    exact_match = counted.macs == exact_macs and counted.softmax_exps == exact_exps
+    """Checks of one count against its exact and published models."""
     checks: dict[str, Any] = {
-        "counted_over_exact": counted.macs / exact_macs if exact_macs else None,
-        "exact_match": exact_match,
-        "uncounted_ops": uncounted_text(counted.uncounted),
+        "work_ratio": counted.macs / exact_macs if exact_macs else None,
+        "exact_match": counted.macs == exact_macs and counted.softmax_exps == exact_exps,
+        "uncounted_ops": missing_text(counted),
+        "uncounted": bool(counted.uncounted),
+        "opaque": bool(counted.opaque),
+        "below_exact": counted.macs < exact_macs,
+        "params_match": None if params is None or model_params is None else params == model_params,
     }
-    problems = []
-    if not exact_match:
-        problems.append("counted != exact")
-    if not counted.complete:
-        problems.append("uncounted ops")
-    if params is not None and model_params is not None and params != model_params:
-        problems.append("params != model")
-    notes = []
-    if paper_macs and band:
-        low, high = band
+    if paper_macs:
         ratio = counted.macs / paper_macs
-        within = low <= ratio <= high
-        checks.update({"counted_over_paper_O": ratio, "paper_O_band": f"{low:g}-{high:g}",
-                       "paper_O_within_band": within})
-        if not within:
-            notes.append(f"O-model off: ratio {ratio:.3g} outside {low:g}-{high:g}")
-    checks["verdict"] = "; ".join(problems + notes) or "ok"
-    checks["counting_ok"] = not problems
+        checks.update({"counted_over_paper_O": ratio})
+        if band:
+            low, high = band
+            checks.update({"paper_O_band": f"{low:g}-{high:g}", "paper_O_within_band": low <= ratio <= high})
+    return checks
+
+
+def problems(checks: dict[str, Any]) -> list[str]:
+    found = []
+    if checks.get("uncounted"):
+        found.append("uncounted ops")
+    if checks.get("opaque"):
+        found.append("opaque kernel")
+    if checks.get("below_exact"):
+        found.append("counted < exact")
+    if checks.get("params_match") is False:
+        found.append("params != model")
+    if checks.get("output_ok") is False:
+        found.append("output mismatch")
+    return found
+
+
+def findings(checks: dict[str, Any]) -> list[str]:
+    notes = []
+    ratio = checks.get("work_ratio")
+    if ratio is not None and ratio > 1 and not checks.get("below_exact"):
+        notes.append(f"does {ratio:.3g}x the minimal MACs")
+    if checks.get("paper_O_within_band") is False:
+        notes.append(f"O-model off: ratio {checks['counted_over_paper_O']:.3g} outside "
+                     f"{checks['paper_O_band']}")
+    return notes
+
+
+def settle(checks: dict[str, Any]) -> dict[str, Any]:
+    """Write the verdict: the failures, then the findings, or 'ok'."""
+    failed = problems(checks)
+    checks["counting_ok"] = not any(p in failed for p in FAILURES[:4])
+    checks["failed"] = bool(failed)
+    checks["verdict"] = "; ".join(failed + findings(checks)) or "ok"
     return checks

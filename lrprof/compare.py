@@ -75,6 +75,8 @@ class Comparison:
     only_new: list[str]
     warnings: list[str]
     thresholds: Thresholds
+    # per unmatched row: where it is, its nearest row on the other side, the fields that differ
+    unmatched: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failing(self) -> list[RowResult]:
@@ -101,6 +103,7 @@ class Comparison:
             "warnings": self.warnings,
             "only_in_old": self.only_old,
             "only_in_new": self.only_new,
+            "unmatched": self.unmatched,
             "rows": [asdict(r) for r in self.rows],
         }
 
@@ -139,8 +142,6 @@ def load(path: Path) -> Loaded:
             raise InputError(f"{path}: malformed lrprof report ({exc})") from None
         return Loaded(path, records, env)
     if path.suffix.lower() == ".csv":
-        import lrprof.ops  # noqa: F401  (operators register their option columns as identity)
-
         try:
             rows = list(csv.DictReader(text.splitlines()))
         except csv.Error as exc:
@@ -159,6 +160,48 @@ def load(path: Path) -> Loaded:
 
 def _key(record: Record) -> tuple:
     return (record.kind, *sorted((k, str(v)) for k, v in record.config.items()))
+
+
+def differing_fields(a: Record, b: Record) -> list[tuple[str, Any, Any]]:
+    """The identity fields where two rows differ: (field, a's value, b's value); a field
+    only one of them has differs too."""
+    fields = list(dict.fromkeys([*a.config, *b.config]))
+    return [(f, a.config.get(f), b.config.get(f)) for f in fields
+            if str(a.config.get(f)) != str(b.config.get(f))]
+
+
+def nearest(record: Record, candidates: list[Record]) -> tuple[Record, list[tuple[str, Any, Any]]] | None:
+    """The candidate of the same kind whose identity differs in the fewest fields."""
+    same_kind = [c for c in candidates if c.kind == record.kind]
+    if not same_kind:
+        return None
+    best = min(same_kind, key=lambda c: len(differing_fields(c, record)))
+    return best, differing_fields(best, record)
+
+
+def unmatched_entry(record: Record, candidates: list[Record], where: str) -> dict[str, Any]:
+    """An unmatched row, its nearest row on the other side and the fields that differ
+    (values given as this row's, then the nearest's)."""
+    found = nearest(record, candidates)
+    entry: dict[str, Any] = {"in": where, "name": record.name, "nearest": None, "differs": []}
+    if found is not None:
+        other, diffs = found
+        entry["nearest"] = other.name
+        entry["differs"] = [{"field": f, "this": y, "nearest": x} for f, x, y in diffs]
+    return entry
+
+
+def unmatched_text(entry: dict[str, Any]) -> str:
+    """'NAME (nearest: NAME2, differs in phi: mul here, sqdiff there)'."""
+    if entry["nearest"] is None:
+        return f"{entry['name']} (no row of its kind on the other side)"
+    what = ", ".join(f"{d['field']}: {_shown(d['this'])} here, {_shown(d['nearest'])} there"
+                     for d in entry["differs"])
+    return f"{entry['name']} (nearest: {entry['nearest']}; differs in {what})"
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is None else str(value)
 
 
 def _noisy(metric: str, old: float, new: float, old_span: tuple[float, float],
@@ -260,13 +303,19 @@ def compare(old_path: Path, new_path: Path, thresholds: Thresholds | None = None
         raise InputError("reports come from different setups (--strict): " + "; ".join(warnings))
     old_by_key, new_by_key = _by_key(old, warnings), _by_key(new, warnings)
     matched = [k for k in new_by_key if k in old_by_key]
+    old_rest = [old_by_key[k] for k in old_by_key if k not in new_by_key]
+    new_rest = [new_by_key[k] for k in new_by_key if k not in old_by_key]
+    unmatched = ([unmatched_entry(r, new_rest, "old") for r in old_rest]
+                 + [unmatched_entry(r, old_rest, "new") for r in new_rest])
     if not matched:
-        raise InputError(f"no row of {new_path} matches a row of {old_path} by configuration")
+        first = next((unmatched_text(e) for e in unmatched if e["in"] == "new"), "it has no rows")
+        raise InputError(f"no row of {new_path} matches a row of {old_path} by configuration: "
+                         f"{first}")
     rows = [compare_records(old_by_key[k], new_by_key[k], thresholds) for k in matched]
     rows.sort(key=lambda r: (SEVERITY[r.status], -r.worst_change))
-    only_old = [old_by_key[k].name for k in old_by_key if k not in new_by_key]
-    only_new = [new_by_key[k].name for k in new_by_key if k not in old_by_key]
-    return Comparison(old_path, new_path, rows, only_old, only_new, warnings, thresholds)
+    only_old = [r.name for r in old_rest]
+    only_new = [r.name for r in new_rest]
+    return Comparison(old_path, new_path, rows, only_old, only_new, warnings, thresholds, unmatched)
 
 
 # ---- rendering ----------------------------------------------------------------------------
@@ -311,10 +360,10 @@ def render_text(c: Comparison) -> str:
 
 def _unmatched_lines(c: Comparison) -> list[str]:
     lines = []
-    if c.only_old:
-        lines.append(f"only in {c.old} (not compared): " + "; ".join(c.only_old))
-    if c.only_new:
-        lines.append(f"only in {c.new} (not compared): " + "; ".join(c.only_new))
+    for where, path in (("old", c.old), ("new", c.new)):
+        texts = [unmatched_text(e) for e in c.unmatched if e["in"] == where]
+        if texts:
+            lines.append(f"only in {path} (not compared): " + "; ".join(texts))
     return lines
 
 

@@ -1,34 +1,34 @@
-"""Profile one layer configuration: build it, count it, time it, measure its memory, and
-check the count against the exact and the published cost models.
+"""Profile layer configurations: build each, count it (forward, and backward on request),
+check its output against the operator's float64 reference, time all of them in one
+interleaved schedule beside a dense 3x3 convolution of the same shape, measure memory,
+and hold the count against the exact and the published cost models.
 
-    spec = LayerSpec(op="lr", k=7, m=8)
-    record = profile_layer(spec)             # a Record
-    report = layer_report([record])          # a Report: render or write it
+    records = profile_layers([LayerSpec(op="lr", k=7, m=8)])   # the layer, then its baseline
+    report = layer_report(records)                             # a Report: render or write it
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 
-from lrprof.checks import count_checks
-from lrprof.errors import require_int
+from lrprof.checks import count_checks, settle
+from lrprof.errors import SpecError, require_int
 from lrprof.measure import counting
-from lrprof.measure import device as device_facts
+from lrprof.measure.accuracy import METHOD as OUTPUT_METHOD
+from lrprof.measure.accuracy import compare_with_reference
 from lrprof.measure.timing import TimingOptions
-from lrprof.ops import CostModel, validate_spec
-from lrprof.record import Record, Report, Section
-from lrprof.report import latency_text
+from lrprof.ops import CostModel, OpDef, get_op, resolve_spec
+from lrprof.record import Record
 from lrprof.spec import LayerSpec, resolve_device
-from lrprof.steps import add_stock_counts, measure_phases, run_step
+from lrprof.steps import Phase, add_stock_counts, measure_memory, phase_calls, run_step, time_rows
 
-MIB = 2**20
-MEMORY_NOTE = (
-    "resident: on CUDA everything the allocator held before the call; on the CPU the module's "
-    "weights and buffers plus the call's inputs (and output gradient for fwd_bwd)."
-)
+BASELINE_K = 3
+MEASURED, BASELINE = "measured", "baseline"
 
 
 @dataclass(frozen=True)
@@ -37,194 +37,192 @@ class MeasureOptions:
     timing: TimingOptions = field(default_factory=TimingOptions)
     memory_runs: int = 3
     stock_counters: bool = True
+    check_output: bool = True
+    baseline: bool = True  # a dense 3x3 conv of each row's shape, timed in the same schedule
     seed: int = 0
 
     def __post_init__(self) -> None:
         require_int("memory-runs", self.memory_runs, 1)
 
 
-def profile_layer(spec: LayerSpec, options: MeasureOptions | None = None) -> Record:
-    """Measure one configuration. Invalid specs raise SpecError; failures while measuring
-    are kept in `record.error` beside what was measured."""
-    options = options or MeasureOptions()
-    op = validate_spec(spec)
+def available_impls(op: OpDef, device: torch.device, dtype: str) -> tuple[list[str], dict[str, str]]:
+    """The implementations that can run here, and why each other one cannot."""
+    ok, missing = [], {}
+    for impl in op.impls:
+        reason = impl.unavailable_reason(device, dtype)
+        if reason is None:
+            ok.append(impl.name)
+        else:
+            missing[impl.name] = reason
+    return ok, missing
+
+
+def prepare_spec(spec: LayerSpec) -> LayerSpec:
+    """Resolved and validated, on a concrete device, with an implementation that runs there."""
     device = resolve_device(spec.device)
-    spec = spec.replace(device=str(device))
+    spec = resolve_spec(spec.replace(device=str(device)))
+    op = get_op(spec.op)
+    reason = op.impl(spec.impl).unavailable_reason(device, spec.dtype)
+    if reason is not None:
+        ok, _ = available_impls(op, device, spec.dtype)
+        raise SpecError("impl", f"{spec.impl} cannot run here ({reason}); available: "
+                        f"{', '.join(ok) or 'none'}", spec.impl)
+    return spec
+
+
+def baseline_spec(spec: LayerSpec) -> LayerSpec | None:
+    """A dense 3x3 convolution of the row's channels, size, stride, batch, dtype and device."""
+    op = get_op(spec.op)
+    if not op.spatial:
+        return None
+    stride = spec.param(op.stride_param, 1) if op.stride_param else 1
+    return resolve_spec(LayerSpec(op="conv", channels=spec.channels, height=spec.height,
+                                  width=spec.width, batch=spec.batch, dtype=spec.dtype,
+                                  device=spec.device, k=BASELINE_K, stride=stride))
+
+
+@dataclass
+class _Row:
+    spec: LayerSpec
+    record: Record
+    roles: list[str]
+    device: torch.device
+    module: nn.Module | None = None
+    inputs: tuple[Any, ...] = ()
+    phases: dict[str, Phase] = field(default_factory=dict)
+    baseline: _Row | None = None
+
+
+def _key(spec: LayerSpec) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in spec.config().items()))
+
+
+def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None) -> list[Record]:
+    """Measure every configuration (and, with `options.baseline`, its 3x3 conv baseline),
+    timed in one interleaved schedule. Invalid specs raise SpecError before anything is
+    measured; failures while measuring are kept in each record's `error`."""
+    options = options or MeasureOptions()
+    rows: dict[tuple, _Row] = {}
+
+    def add(spec: LayerSpec, role: str) -> _Row:
+        row = rows.get(_key(spec))
+        if row is None:
+            record = Record(kind="layer", name=spec.label(), config=spec.config())
+            row = rows[_key(spec)] = _Row(spec, record, [], resolve_device(spec.device))
+        if role not in row.roles:
+            row.roles.append(role)
+        return row
+
+    for spec in [prepare_spec(s) for s in specs]:
+        add(spec, MEASURED)
+    if options.baseline:
+        for row in list(rows.values()):
+            reference = baseline_spec(row.spec)
+            if reference is not None:
+                row.baseline = add(reference, BASELINE)
+    for row in rows.values():
+        row.record.derived["role"] = ", ".join(row.roles)
+        _prepare(row, options)
+    for device in {row.device for row in rows.values()}:
+        timed = [(r.record, r.phases) for r in rows.values() if r.device == device and r.phases]
+        time_rows(timed, device, options.timing)
+    for row in rows.values():
+        if row.phases:
+            measure_memory(row.record, row.phases, row.device, options.memory_runs)
+    for row in rows.values():
+        _derive(row)
+    return [row.record for row in rows.values()]
+
+
+def profile_layer(spec: LayerSpec, options: MeasureOptions | None = None) -> Record:
+    """One configuration's record (its baseline, when measured, gives it its ratios)."""
+    return profile_layers([spec], options)[0]
+
+
+def _prepare(row: _Row, options: MeasureOptions) -> None:
+    spec, record, device = row.spec, row.record, row.device
+    op = get_op(spec.op)
     cost = op.cost(spec)
-    record = Record(kind="layer", name=spec.label(), config=spec.config())
-    record.exact.update({"params": cost.params, "exact_MACs": cost.macs,
-                         "exact_softmax_exps": cost.softmax_exps,
+    record.exact.update({"params": cost.params, "exact_MACs": cost.macs, "exact_exps": cost.softmax_exps,
                          "paper_O_MACs": cost.paper_macs})
+    impl = op.impl(spec.impl)
     record.detail.update({
         "device": str(device),
+        "impl": {"name": impl.name, "summary": impl.summary, "backward": impl.backward},
         "terms": [{"term": t.name, "MACs": t.macs, "formula": t.formula} for t in cost.terms],
         "cost_notes": list(cost.notes),
+        "paper_formula": cost.paper_formula,
         "activation_bytes": cost.activation_bytes,
         "implementation_bytes": cost.implementation_bytes,
     })
     record.derived["analytic_activation_bytes"] = sum(cost.activation_bytes.values())
-    record.derived["implementation_buffer_bytes"] = sum(cost.implementation_bytes.values())
     torch.manual_seed(options.seed)
-    built: dict = {}
 
     def build() -> None:
-        built["module"] = op.build(spec).to(device=device, dtype=spec.torch_dtype).eval()
-        built["x"] = op.make_input(spec)
+        row.module = impl.build(spec).to(device=device, dtype=spec.torch_dtype).eval()
+        row.inputs = op.make_inputs(spec, torch.Generator().manual_seed(options.seed))
 
     if not run_step(record, "building", build, device):
-        return record
-    module, x = built["module"], built["x"]
+        return
+    module, inputs = row.module, row.inputs
     record.exact["params"] = sum(p.numel() for p in module.parameters())
-    run_step(record, "counting", lambda: _count(record, module, x, cost, options), device)
-    _measure(record, module, x, device, options)
-    return record
+    run_step(record, "counting", lambda: _count(record, module, inputs, cost, options), device)
+    if options.check_output:
+        run_step(record, "checking output", lambda: _check_output(row, op, options), device)
+    settle(record.checks)
+    run_step(record, "preparing timing",
+             lambda: row.phases.update(phase_calls(module, inputs, options.backward)), device)
 
 
-def _count(record: Record, module: torch.nn.Module, x: torch.Tensor, cost: CostModel,
+def _count(record: Record, module: nn.Module, inputs: tuple, cost: CostModel,
            options: MeasureOptions) -> None:
-    counted = counting.count(module, x)
-    record.exact.update({"counted_MACs": counted.macs, "counted_softmax_exps": counted.softmax_exps})
-    record.checks.update(count_checks(counted, cost.macs, cost.softmax_exps,
-                                      record.exact["params"], cost.params,
-                                      cost.paper_macs, cost.paper_band))
+    counted = counting.count(module, *inputs, backward=options.backward)
+    record.exact.update({"fwd_MACs": counted.macs, "fwd_exps": counted.softmax_exps})
+    if options.backward:
+        record.exact.update({"bwd_MACs": counted.bwd_macs, "bwd_exps": counted.bwd_exps})
+    record.checks.update(count_checks(counted, cost.macs, cost.softmax_exps, record.exact["params"],
+                                      cost.params, cost.paper_macs, cost.paper_band))
     record.detail["ops"] = [dataclasses.asdict(o) for o in counted.by_op]
+    record.detail["uncounted"] = counted.uncounted
+    record.detail["opaque"] = list(counted.opaque)
     if options.stock_counters:
-        add_stock_counts(record, module, x)
-        fvcore = record.exact["fvcore_stock_MACs"]
-        record.checks["stock_missed_pct"] = 100.0 * (1 - fvcore / counted.macs) if counted.macs else None
+        add_stock_counts(record, module, inputs, counted)
 
 
-def _measure(record: Record, module: torch.nn.Module, x: torch.Tensor, device: torch.device,
-             options: MeasureOptions) -> None:
-    measure_phases(record, module, x, device, options.timing, options.memory_runs, options.backward)
-    if "fwd" in record.latency and record.exact.get("counted_MACs"):
-        median_s = record.latency["fwd"].median_ms / 1e3
-        record.derived["fwd_GMAC_per_s"] = record.exact["counted_MACs"] / median_s / 1e9
+def _check_output(row: _Row, op: OpDef, options: MeasureOptions) -> None:
+    spec = row.spec
+    reference_name = op.reference_impl
+    reference = op.impl(reference_name).build(spec.replace(dtype="float64", impl=reference_name))
+    inputs = op.make_inputs(spec, torch.Generator().manual_seed(options.seed + 1))
+    check = compare_with_reference(row.module, reference, inputs, spec.dtype, reference_name)
+    row.record.checks.update({"output_max_rel_err": check.max_rel_err,
+                              "output_tolerance": check.tolerance, "output_ok": check.ok})
+    row.record.detail["output_check"] = f"{OUTPUT_METHOD} ({reference_name})"
 
 
-# ---- the report people read -------------------------------------------------------------
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
-def _mib(value: int | None) -> float | None:
-    return None if value is None else value / MIB
+def _derive(row: _Row) -> None:
+    record = row.record
+    fwd = record.latency.get("fwd")
+    if fwd and record.exact.get("fwd_MACs"):
+        record.derived["fwd_GMAC_per_s"] = record.exact["fwd_MACs"] / (fwd.median_ms / 1e3) / 1e9
+    base = row.baseline
+    if base is None:
+        return
+    record.derived["baseline"] = base.record.name
+    for phase in sorted(set(record.latency) | set(record.memory)):
+        mine, theirs = record.latency.get(phase), base.record.latency.get(phase)
+        record.derived[f"{phase}_latency_vs_baseline"] = _ratio(
+            mine.median_ms if mine else None, theirs.median_ms if theirs else None)
+        m, t = record.memory.get(phase), base.record.memory.get(phase)
+        record.derived[f"{phase}_peak_vs_baseline"] = _ratio(
+            m.peak_bytes if m else None, t.peak_bytes if t else None)
 
 
-def summary_rows(records: list[Record]) -> list[dict]:
-    rows = []
-    for r in records:
-        backward = any("fwd_bwd" in x.latency for x in records)
-        row = {
-            "layer": r.name,
-            "params": r.exact.get("params"),
-            "counted MACs (M)": _m(r.exact.get("counted_MACs")),
-            "fwd ms median [IQR] n": latency_text(r.latency.get("fwd")),
-        }
-        if backward:
-            row["fwd+bwd ms median [IQR] n"] = latency_text(r.latency.get("fwd_bwd"))
-        row["fwd peak MiB"] = _mib(r.memory["fwd"].peak_bytes) if "fwd" in r.memory else None
-        if backward:
-            m = r.memory.get("fwd_bwd")
-            row["fwd+bwd peak MiB"] = _mib(m.peak_bytes) if m else None
-        row["fwd GMAC/s"] = r.derived.get("fwd_GMAC_per_s")
-        if r.error:
-            row["error"] = r.error
-        rows.append(row)
-    return rows
+from lrprof.report.layer import layer_report  # noqa: E402  (the API's renderer, re-exported)
 
-
-def _m(value: float | int | None) -> float | None:
-    return None if value is None else value / 1e6
-
-
-def check_rows(records: list[Record]) -> list[dict]:
-    return [
-        {
-            "layer": r.name,
-            "counted MACs": r.exact.get("counted_MACs"),
-            "exact MACs": r.exact.get("exact_MACs"),
-            "paper O MACs": r.exact.get("paper_O_MACs"),
-            "counted/exact": r.checks.get("counted_over_exact"),
-            "counted/O": r.checks.get("counted_over_paper_O"),
-            "O band": r.checks.get("paper_O_band"),
-            "softmax exps counted/exact": (
-                f"{r.exact.get('counted_softmax_exps')}/{r.exact.get('exact_softmax_exps')}"
-            ),
-            "verdict": r.checks.get("verdict", r.error),
-        }
-        for r in records
-    ]
-
-
-def stock_rows(records: list[Record]) -> list[dict]:
-    return [
-        {
-            "layer": r.name,
-            "lrprof counted MACs": r.exact.get("counted_MACs"),
-            "fvcore default MACs": r.exact.get("fvcore_stock_MACs"),
-            "torch FlopCounterMode FLOPs": r.exact.get("torch_flopcounter_FLOPs"),
-            "FlopCounterMode as MACs (FLOPs/2)": r.exact.get("torch_flopcounter_MACs"),
-            "missed by fvcore default (%)": r.checks.get("stock_missed_pct"),
-            "ops fvcore default skips": ", ".join(
-                f"{k} x{v}" for k, v in sorted(r.detail.get("fvcore_stock_skipped", {}).items())
-            ),
-        }
-        for r in records
-        if "fvcore_stock_MACs" in r.exact
-    ]
-
-
-def memory_rows(records: list[Record]) -> list[dict]:
-    rows = []
-    for r in records:
-        for phase, m in r.memory.items():
-            rows.append({
-                "layer": r.name,
-                "phase": phase,
-                "peak above resident (bytes)": m.peak_bytes,
-                "min-max (bytes)": f"{m.min_bytes}-{m.max_bytes}",
-                "runs": m.runs,
-                "resident before the call (bytes)": m.resident_bytes,
-                "official 3-pass kernel activations (bytes)": r.derived.get("analytic_activation_bytes"),
-                "lrprof impl. largest buffers (bytes)": r.derived.get("implementation_buffer_bytes"),
-                "method": m.method,
-            })
-    return rows
-
-
-def layer_report(records: list[Record], argv: list[str] | None = None,
-                 environment: device_facts.Environment | None = None) -> Report:
-    if environment is None:
-        device = records[0].detail.get("device", records[0].config["device"]) if records else "cpu"
-        environment = device_facts.collect(torch.device(device))
-    env = environment
-    sections = [
-        Section("Layer", summary_rows(records),
-                "latency: milliseconds per call, median [first-third quartile], n timed runs "
-                "(RxC: R runs, each the mean of C calls)"),
-        Section("Model check (MACs: multiply-accumulates, 1 MAC = 2 FLOPs)", check_rows(records)),
-        Section("What stock counters see (same forward pass)", stock_rows(records)),
-    ]
-    for r in records:
-        total = r.exact.get("exact_MACs") or 0
-        terms = [{**t, "share (%)": 100 * t["MACs"] / total if total else None}
-                 for t in r.detail.get("terms", [])]
-        sections.append(Section(f"Exact terms: {r.name}", terms,
-                                "; ".join(r.detail.get("cost_notes", [])), show="markdown"))
-        ops = [{"aten op": o["op"], "category": o["category"], "calls": o["calls"],
-                "count": o["count"], "rule": o["rule"]} for o in r.detail.get("ops", [])]
-        if ops:
-            sections.append(Section(f"Ops in the traced forward: {r.name}", ops,
-                                    f"uncounted ops: {r.checks.get('uncounted_ops', 'n/a')}",
-                                    show="markdown"))
-    sections.append(Section("Memory", memory_rows(records), MEMORY_NOTE, show="markdown"))
-    notes = [
-        "MACs count one forward pass; softmax exponentials are counted apart, not as MACs.",
-        "The paper's O-model leaves out the geometry prior (constant in H, W) and rounds neither "
-        "G = C/m nor H/s up: on tiny maps or with C < m it underestimates, and the verdict says so.",
-        f"timing: {records[0].latency['fwd'].method}" if records and "fwd" in records[0].latency
-        else "timing: not measured",
-    ]
-    threads = sorted({s.threads for r in records for s in r.latency.values() if s.threads})
-    if threads:
-        notes.append(f"CPU timings ran on {', '.join(map(str, threads))} torch thread(s).")
-    return Report("layer", env, list(records), sections, notes, argv or [])
+__all__ = ["MeasureOptions", "available_impls", "baseline_spec", "layer_report", "prepare_spec",
+           "profile_layer", "profile_layers"]

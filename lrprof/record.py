@@ -3,6 +3,9 @@
 
 A record flattens to one CSV row with stable, unit-suffixed column names (`row()`), and
 comes back from such a row (`Record.from_row`), so `lrprof compare` reads CSV and JSON alike.
+A row names its own identity: the `identity` column lists the columns that define the
+configuration (op, impl, shape, dtype, device and every operator parameter), so a reader
+needs to know nothing about the operators to match rows.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ from lrprof.measure.timing import Stats
 
 SCHEMA = "lrprof.report/1"
 
-# Identity columns, in display order; compare matches rows on those present.
-CONFIG_COLUMNS: list[str] = [
+# Reports written before rows named their identity: these columns were the identity.
+LEGACY_CONFIG_COLUMNS: tuple[str, ...] = (
     "net", "stage", "layer", "op", "impl", "phi", "geometry_hidden", "batch", "channels",
     "height", "width", "k", "m", "stride", "dtype", "device",
-]
+)
+IDENTITY_COLUMN = "identity"
 # Figures that are exact for a given configuration: any change is a change of the model.
-EXACT_COLUMNS: list[str] = ["params", "counted_MACs", "exact_MACs", "counted_softmax_exps"]
+EXACT_COLUMNS: list[str] = ["params", "fwd_MACs", "bwd_MACs", "exact_MACs", "fwd_exps", "bwd_exps"]
+# Names earlier reports used for the same figures.
+LEGACY_NAMES = {"counted_MACs": "fwd_MACs", "counted_softmax_exps": "fwd_exps",
+                "exact_softmax_exps": "exact_exps"}
 PHASES = ("fwd", "fwd_bwd")
 _STAT_FIELDS = ("median", "q1", "q3", "min", "max")
 ENV_COLUMNS = ["device_name", "torch_version", "lrprof_version", "git_commit"]
@@ -43,15 +50,26 @@ def parse_cell(text: str) -> Any:
     return text
 
 
-def register_config_columns(*names: str) -> None:
-    """Operators with options of their own make them identity columns here."""
-    for name in names:
-        if name not in CONFIG_COLUMNS:
-            CONFIG_COLUMNS.append(name)
+def _renamed(figures: dict[str, Any]) -> dict[str, Any]:
+    return {LEGACY_NAMES.get(k, k): v for k, v in figures.items()}
 
 
 def latency_columns(phase: str) -> list[str]:
-    return [f"{phase}_{f}_ms" for f in _STAT_FIELDS] + [f"{phase}_runs", f"{phase}_calls_per_run"]
+    return [f"{phase}_{f}_ms" for f in _STAT_FIELDS] + [f"{phase}_runs", f"{phase}_calls_per_run",
+                                                         f"{phase}_samples_ms"]
+
+
+def samples_text(samples: tuple[float, ...]) -> str:
+    """Every run's per-call milliseconds, space-separated, exact (repr) so CSV round-trips."""
+    return " ".join(repr(float(v)) for v in samples)
+
+
+def parse_samples(text: Any) -> tuple[float, ...]:
+    if text in (None, ""):
+        return ()
+    if isinstance(text, (int, float)):
+        return (float(text),)
+    return tuple(float(v) for v in str(text).split())
 
 
 def memory_columns(phase: str) -> list[str]:
@@ -79,8 +97,8 @@ class Record:
 
     def row(self, env: Environment | None = None) -> dict[str, Any]:
         row: dict[str, Any] = {"kind": self.kind, "name": self.name}
-        row.update({c: self.config[c] for c in CONFIG_COLUMNS if c in self.config})
-        row.update({c: v for c, v in self.config.items() if c not in row})
+        row.update(self.config)
+        row[IDENTITY_COLUMN] = " ".join(self.config)
         row.update(self.exact)
         row.update(self.checks)
         timing = next(iter(self.latency.values()), None)
@@ -90,6 +108,7 @@ class Record:
                 row[col] = getattr(stats, f"{f}_ms") if stats else None
             row[f"{phase}_runs"] = stats.runs if stats else None
             row[f"{phase}_calls_per_run"] = stats.calls_per_run if stats else None
+            row[f"{phase}_samples_ms"] = samples_text(stats.samples_ms) if stats else None
         row["timing_method"] = timing.method if timing else None
         row["threads"] = timing.threads if timing else None
         mem = next(iter(self.memory.values()), None)
@@ -125,9 +144,9 @@ class Record:
             kind=data["kind"],
             name=data["name"],
             config=dict(data.get("config") or {}),
-            exact=dict(data.get("exact") or {}),
+            exact=_renamed(dict(data.get("exact") or {})),
             checks=dict(data.get("checks") or {}),
-            latency={k: Stats(**v) for k, v in (data.get("latency") or {}).items()},
+            latency={k: Stats.from_dict(v) for k, v in (data.get("latency") or {}).items()},
             memory={k: MemoryStats(**v) for k, v in (data.get("memory") or {}).items()},
             derived=dict(data.get("derived") or {}),
             detail=dict(data.get("detail") or {}),
@@ -137,7 +156,12 @@ class Record:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Record:
         """Rebuild what compare needs from a CSV row (values already typed by the reader)."""
-        config = {c: row[c] for c in CONFIG_COLUMNS if row.get(c) not in (None, "")}
+        identity = row.get(IDENTITY_COLUMN)
+        if identity:
+            config = {c: row.get(c) for c in str(identity).split()}
+        else:  # a report from before rows named their identity
+            config = {c: row[c] for c in LEGACY_CONFIG_COLUMNS if row.get(c) not in (None, "")}
+        row = _renamed(row)
         exact = {c: row[c] for c in EXACT_COLUMNS if row.get(c) not in (None, "")}
         latency = {}
         for phase in PHASES:
@@ -149,6 +173,7 @@ class Record:
                 calls_per_run=int(row[f"{phase}_calls_per_run"] or 1),
                 method=str(row.get("timing_method") or ""),
                 threads=int(row["threads"]) if row.get("threads") not in (None, "") else None,
+                samples_ms=parse_samples(row.get(f"{phase}_samples_ms")),
             )
         memory = {}
         for phase in PHASES:

@@ -32,5 +32,8 @@ class Registry(Generic[T]):
             raise SpecError(self.param, f"one of {', '.join(sorted(self._entries))}", name)
         return self._entries[name]
 
+    def remove(self, name: str) -> T | None:
+        return self._entries.pop(name, None)
+
     def all(self) -> list[T]:
         return [self._entries[k] for k in sorted(self._entries)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,34 +63,47 @@ def parse_size(text: str | int) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class LayerSpec:
-    """One layer configuration: the operator, its hyper-parameters and the input it sees.
+    """One layer configuration: the operator, its implementation, the input it sees, and the
+    operator's own parameters (`params`, e.g. k and m for the local relation layer).
 
-    `options` holds operator-specific settings (for the local relation layer: phi and
-    geometry_hidden) so a new operator adds options without changing this type.
+        LayerSpec(op="lr", k=7, m=8, channels=64, height=56, width=56, device="cpu")
+
+    Keyword arguments that are not fields are operator parameters; None means "the
+    default". `lrprof.ops.resolve_spec` fills in every default and validates, so a spec
+    built through the API and the same one from the command line have the same identity.
     """
 
-    op: str = "lr"
-    channels: int = 64
-    height: int = 56
-    width: int = 56
-    k: int = 7
-    m: int = 8
-    stride: int = 1
-    batch: int = 1
-    dtype: str = "float32"
-    device: str = "auto"  # cuda when present, else cpu
-    impl: str = "unfold"
-    options: tuple[tuple[str, Any], ...] = field(default=())
+    op: str
+    channels: int
+    height: int
+    width: int
+    batch: int
+    dtype: str
+    device: str  # "auto": cuda when present, else cpu
+    impl: str | None  # None: the operator's default implementation
+    params: tuple[tuple[str, Any], ...]
 
-    def option(self, name: str, default: Any = None) -> Any:
-        return dict(self.options).get(name, default)
+    def __init__(self, op: str = "lr", channels: int = 64, height: int = 56, width: int = 56,
+                 batch: int = 1, dtype: str = "float32", device: str = "auto",
+                 impl: str | None = None, params: Any = (), **op_params: Any) -> None:
+        merged = dict(params)
+        merged.update(op_params)
+        for name, value in (("op", op), ("channels", channels), ("height", height),
+                            ("width", width), ("batch", batch), ("dtype", dtype),
+                            ("device", device), ("impl", impl)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "params", tuple(sorted((k, v) for k, v in merged.items()
+                                                        if v is not None)))
 
-    def with_options(self, **options: Any) -> LayerSpec:
-        merged = dict(self.options)
-        merged.update({k: v for k, v in options.items() if v is not None})
-        return dataclasses.replace(self, options=tuple(sorted(merged.items())))
+    def param(self, name: str, default: Any = None) -> Any:
+        return dict(self.params).get(name, default)
+
+    def with_params(self, **params: Any) -> LayerSpec:
+        merged = dict(self.params)
+        merged.update(params)
+        return dataclasses.replace(self, params=tuple(merged.items()))
 
     def replace(self, **changes: Any) -> LayerSpec:
         return dataclasses.replace(self, **changes)
@@ -99,8 +112,14 @@ class LayerSpec:
     def torch_dtype(self) -> torch.dtype:
         return resolve_dtype(self.dtype)
 
+    def shape(self) -> dict[str, int]:
+        """What a parameter's bounds may depend on besides the other parameters."""
+        return {"channels": self.channels, "height": self.height, "width": self.width,
+                "batch": self.batch}
+
     def config(self) -> dict[str, Any]:
-        """The fields that identify this configuration in a report (compare matches on them)."""
+        """Every field that identifies this configuration (a resolved spec gives all of
+        them, defaults included): compare matches rows on exactly these."""
         out: dict[str, Any] = {
             "op": self.op,
             "impl": self.impl,
@@ -108,24 +127,24 @@ class LayerSpec:
             "channels": self.channels,
             "height": self.height,
             "width": self.width,
-            "k": self.k,
-            "m": self.m,
-            "stride": self.stride,
             "dtype": self.dtype,
             "device": torch.device(default_device() if self.device == "auto" else self.device).type,
         }
-        out.update(dict(self.options))
+        out.update(self.params)
         return out
 
     def label(self) -> str:
-        opts = "".join(f" {k}={v}" for k, v in self.options)
-        return (
-            f"{self.op}[{self.impl}] k={self.k} m={self.m} s={self.stride} C={self.channels} "
-            f"{self.height}x{self.width} B={self.batch}{opts}"
-        )
+        """'lr[unfold] k=7 m=8 s=1 C=64 56x56 B=1': the headline parameters, and any other
+        that differs from its default."""
+        from lrprof.ops import get_op
+
+        values = get_op(self.op).schema.label(dict(self.params))
+        dtype = "" if self.dtype == "float32" else f" {self.dtype}"
+        return (f"{self.op}[{self.impl}] {values} C={self.channels} {self.height}x{self.width} "
+                f"B={self.batch}{dtype}").replace("  ", " ")
 
     def validate_common(self) -> None:
-        """Checks every operator shares; each operator adds its own in its module."""
+        """Checks every operator shares; each operator's schema adds its own."""
         for name in ("channels", "height", "width", "batch"):
-            require_int(name, getattr(self, name), 1)
+            require_int("size" if name in ("height", "width") else name, getattr(self, name), 1)
         resolve_dtype(self.dtype)

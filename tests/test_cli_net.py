@@ -28,7 +28,7 @@ def test_net_vs_writes_stage_breakdown_and_ratios(tmp_path, capsys):
     kinds = {(r["kind"], r["net"]) for r in rows}
     assert {("net", "lr26"), ("net", "resnet26"), ("stage", "lr26"), ("net-layer", "resnet26")} <= kinds
     nets = [r for r in rows if r["kind"] == "net"]
-    assert all(r["counted_MACs"] == r["exact_MACs"] for r in nets)
+    assert all(r["fwd_MACs"] == r["exact_MACs"] for r in nets)
     assert all(float(r["fwd_images_per_s"]) > 0 for r in nets)
     report = json.loads((tmp_path / "net.json").read_text())
     titles = [s["title"] for s in report["sections"]]

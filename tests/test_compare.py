@@ -15,6 +15,7 @@ from lrprof.cli import main
 from lrprof.measure.device import Environment
 from lrprof.measure.memory import CPU_METHOD, MemoryStats
 from lrprof.measure.timing import Stats
+from lrprof.ops import resolve_spec
 from lrprof.record import Record, Report
 from lrprof.report import write_report
 from lrprof.spec import LayerSpec
@@ -52,11 +53,10 @@ def record(k: int = 3, m: int = 4, channels: int = 8, *, name: str | None = None
            fwd_bwd: Stats | None = None, peak: MemoryStats | None = None,
            peak_bwd: MemoryStats | None = None, macs: int = 11976, params: int = 108,
            exps: int = 1152, error: str | None = None, device: str = "cpu") -> Record:
-    spec = LayerSpec(channels=channels, height=8, width=8, k=k, m=m, device=device)
-    spec = spec.with_options(phi="sqdiff")
+    spec = resolve_spec(LayerSpec(channels=channels, height=8, width=8, k=k, m=m, device=device))
     rec = Record(kind="layer", name=name or spec.label(), config=spec.config())
-    rec.exact.update({"params": params, "exact_MACs": macs, "counted_MACs": macs,
-                      "counted_softmax_exps": exps, "exact_softmax_exps": exps,
+    rec.exact.update({"params": params, "exact_MACs": macs, "fwd_MACs": macs,
+                      "fwd_exps": exps, "exact_exps": exps,
                       "paper_O_MACs": 13056.0})
     rec.checks["verdict"] = "ok"
     if error is None:
@@ -284,14 +284,14 @@ def test_mac_change_is_model_change(tmp_path, capsys):
     rc, out, err = cli(capsys, old, new)
     assert rc == 1
     assert err == ""
-    line = next(line for line in out.splitlines() if "counted_MACs" in line)
+    line = next(line for line in out.splitlines() if "fwd_MACs" in line)
     assert "model change" in line and "row k3" in line
     assert "11,976" in line and "12,000" in line
     assert out.splitlines()[0].startswith("REGRESSION")
     rc, data = as_json(capsys, old, new)
     assert rc == 1 and data["regression"] is True
     assert data["rows"][0]["name"] == "row k3" and data["rows"][0]["status"] == "model change"
-    for col in ("counted_MACs", "exact_MACs"):
+    for col in ("fwd_MACs", "exact_MACs"):
         m = metric(data, "row k3", col)
         assert (m["old"], m["new"], m["status"]) == (11976, 12000, "model change")
     assert status_of(data, "row k5") == "same"
@@ -309,9 +309,9 @@ def test_model_change_allowed(tmp_path, capsys):
     assert rc == 0 and "model change" in out
 
 
-@pytest.mark.parametrize("field", ["params", "counted_softmax_exps"])
+@pytest.mark.parametrize("field", ["params", "fwd_exps"])
 def test_other_exact_figures_are_model_changes(tmp_path, capsys, field):
-    changed = {"params": {"params": 200}, "counted_softmax_exps": {"exps": 2000}}[field]
+    changed = {"params": {"params": 200}, "fwd_exps": {"exps": 2000}}[field]
     old = write(tmp_path / "old.json", [record()])
     new = write(tmp_path / "new.json", [record(**changed)])
     rc, data = as_json(capsys, old, new)
@@ -491,7 +491,7 @@ def test_csv_and_json_inputs_compare_equal(tmp_path, capsys, old_fmt, new_fmt):
     assert data["warnings"] == [] and data["only_in_old"] == [] and data["only_in_new"] == []
     assert [r["status"] for r in data["rows"]] == ["same", "same"]
     compared = {m["metric"] for m in data["rows"][0]["metrics"]}
-    assert compared == {"params", "counted_MACs", "exact_MACs", "counted_softmax_exps",
+    assert compared == {"params", "fwd_MACs", "exact_MACs", "fwd_exps",
                         "fwd_median_ms", "fwd_peak_bytes", "fwd_bwd_median_ms", "fwd_bwd_peak_bytes"}
 
 
@@ -506,7 +506,7 @@ def test_csv_inputs_detect_regressions(tmp_path, capsys, old_fmt, new_fmt):
     k5 = next(n for n in by_name if "k=5" in n)
     assert by_name[k5]["status"] == "model change"
     assert metric(data, k5, "fwd_peak_bytes")["status"] == "worse"
-    assert metric(data, k5, "counted_MACs")["old"] == 11976
+    assert metric(data, k5, "fwd_MACs")["old"] == 11976
     k3 = next(n for n in by_name if "k=3" in n)
     assert by_name[k3]["status"] == "same"
 
@@ -771,9 +771,9 @@ def test_real_layer_report_compares_equal_to_itself(tmp_path, capsys):
         rc, data = as_json(capsys, old, new)
         assert rc == 0, data
         assert data["warnings"] == []
-        assert [r["status"] for r in data["rows"]] == ["same"]
+        assert [r["status"] for r in data["rows"]] == ["same", "same"]  # the layer and its baseline
         compared = {m["metric"] for m in data["rows"][0]["metrics"]}
-        assert {"counted_MACs", "params", "fwd_median_ms", "fwd_peak_bytes"} <= compared
+        assert {"fwd_MACs", "params", "fwd_median_ms", "fwd_peak_bytes"} <= compared
 
 
 def test_require_all_fails_when_a_baseline_row_is_missing(tmp_path, capsys):

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from lrprof.measure import counting
+from lrprof.measure import counting, stock
 from lrprof.ops.local_relation import LocalRelation2d, cost_of, num_groups
 
 GRID = [
@@ -50,12 +50,12 @@ def test_stock_counters_see_only_the_convolutions():
     """The reference's figure: stock counters report 16.06 M of 27.12 M for the default layer."""
     layer = LocalRelation2d(64, 7, 8).eval()
     x = torch.randn(1, 64, 56, 56)
-    stock = counting.stock_counts(layer, x)
+    found = stock.stock_counts(layer, x)
     model = cost_of(64, 56, 56, 7, 8)
     convs = sum(model.term(t).macs for t in ("key 1x1", "query 1x1", "final 1x1", "geometry prior"))
-    assert stock.fvcore_macs == convs == 16_060_240
-    assert stock.flopcounter_flops == 2 * convs
-    assert "aten::im2col" in stock.fvcore_skipped
+    assert found.fvcore_macs == convs == 16_060_240
+    assert found.flopcounter_flops == 2 * convs
+    assert "aten::im2col" in found.fvcore_skipped
     assert model.macs == 27_124_048
 
 

@@ -8,9 +8,10 @@ from torch import nn
 from lrprof.errors import SpecError
 from lrprof.measure import counting
 from lrprof.measure.timing import TimingOptions
-from lrprof.netprofile import NetOptions, NetSpec, choice_rows, exact_by_layer, paper_checks, profile_net
+from lrprof.netprofile import NetOptions, NetSpec, net_costs, profile_net
 from lrprof.nets import STAGES, create_net, display_name, get_net, list_nets
 from lrprof.nets.cost import costed_layers, exact_costs
+from lrprof.nets.paper import choice_rows, paper_checks
 from lrprof.ops.local_relation import LocalRelation2d
 
 SMALL = 64
@@ -40,7 +41,7 @@ def test_params_equal_an_independent_sum(small_net):
     """Sum over leaf modules' own parameters, not net.parameters()."""
     name, net = small_net
     own = sum(p.numel() for m in net.modules() for p in m.parameters(recurse=False))
-    costs = exact_by_layer(NetSpec(name, height=SMALL, width=SMALL))
+    costs = net_costs(NetSpec(name, height=SMALL, width=SMALL))
     assert sum(c.params for c in costs) == own == sum(p.numel() for p in net.parameters())
 
 
@@ -49,7 +50,7 @@ def test_counted_equals_formulas_and_stages_sum_to_total(small_net):
     x = torch.randn(1, 3, SMALL, SMALL)
     counted = counting.count(net, x, per_module=True)
     assert counted.uncounted == {}
-    costs = exact_by_layer(NetSpec(name, height=SMALL, width=SMALL))
+    costs = net_costs(NetSpec(name, height=SMALL, width=SMALL))
     assert counted.macs == sum(c.macs for c in costs)
     assert counted.softmax_exps == sum(c.softmax_exps for c in costs)
     stage_sum = sum(counted.module_macs[s] for s in STAGES)
@@ -68,7 +69,7 @@ PAPER = {  # net: (params, MACs) of the reference's hand reconstruction
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_formula_count_matches_the_reconstruction(name):
-    costs = exact_by_layer(NetSpec(name))
+    costs = net_costs(NetSpec(name))
     params, macs = PAPER[name]
     assert sum(c.params for c in costs) == pytest.approx(params, rel=5e-4)
     assert sum(c.macs for c in costs) == pytest.approx(macs, rel=2e-3)
@@ -76,13 +77,13 @@ def test_formula_count_matches_the_reconstruction(name):
 
 @pytest.mark.parametrize("name", ["lr26", "lr50", "resnet50"])
 def test_paper_check_passes_against_the_printed_table(name):
-    costs = exact_by_layer(NetSpec(name))
+    costs = net_costs(NetSpec(name))
     rows = paper_checks(sum(c.params for c in costs), sum(c.macs for c in costs), get_net(name).paper[:1])
     assert rows[0]["verdict"] == "pass", rows[0]
 
 
 def test_resnet50_matches_the_standard_count_not_the_lrnet_table():
-    costs = exact_by_layer(NetSpec("resnet50"))
+    costs = net_costs(NetSpec("resnet50"))
     standard, lrnet_table = paper_checks(sum(c.params for c in costs), sum(c.macs for c in costs),
                                          get_net("resnet50").paper)
     assert standard["verdict"] == "pass"
@@ -90,9 +91,9 @@ def test_resnet50_matches_the_standard_count_not_the_lrnet_table():
 
 
 def test_choices_show_the_conv_stem_does_not_reproduce_lr50():
-    rows = {r["choice"].split(" ")[0]: r for r in choice_rows(NetSpec("lr50"))}
+    rows = {r["choice"].split(" ")[0]: r for r in choice_rows("lr50")}
     assert rows["G"]["verdict"] == "pass"
-    conv = next(r for r in choice_rows(NetSpec("lr50")) if "conv stem" in r["choice"])
+    conv = next(r for r in choice_rows("lr50") if "conv stem" in r["choice"])
     assert conv["ours MACs (G)"] == pytest.approx(4.01, abs=0.01)
 
 
@@ -118,7 +119,7 @@ def test_a_layer_without_a_formula_is_an_error():
         def forward(self, x):
             return x
 
-    with pytest.raises(Exception, match="no cost formula"):
+    with pytest.raises(Exception, match="no cost model"):
         costed_layers(nn.Sequential(nn.Conv2d(3, 3, 1), Odd()))
 
 
@@ -136,11 +137,11 @@ def test_profile_net_small_with_layers():
     assert net.error is None
     assert net.checks["exact_match"] and net.checks["verdict"] == "ok"
     assert [s.config["stage"] for s in profile.stages] == list(STAGES)
-    assert sum(s.exact["counted_MACs"] for s in profile.stages) == net.exact["counted_MACs"]
+    assert sum(s.exact["fwd_MACs"] for s in profile.stages) == net.exact["fwd_MACs"]
     assert sum(s.derived["MACs_share_pct"] for s in profile.stages) == pytest.approx(100)
     assert sum(s.derived["latency_share_pct"] for s in profile.stages) == pytest.approx(100)
     assert all(r.checks["exact_match"] for r in profile.stages + profile.layers)
-    assert sum(r.exact["counted_MACs"] for r in profile.layers) == net.exact["counted_MACs"]
+    assert sum(r.exact["fwd_MACs"] for r in profile.layers) == net.exact["fwd_MACs"]
     assert sum(r.exact["params"] for r in profile.layers) == net.exact["params"]
     assert net.latency["fwd"].runs >= 2
     assert net.checks["paper_verdict"] == "pass"  # counted at 224x224 whatever this run's input

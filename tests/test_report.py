@@ -32,7 +32,7 @@ from lrprof.report import (
 TIMING = "torch.utils.benchmark blocked_autorange after warm-up"
 REQUIRED_COLUMNS = [
     "kind", "name", "op", "k", "m", "channels", "height", "width", "stride", "batch", "dtype", "device",
-    "params", "counted_MACs", "exact_MACs", "paper_O_MACs", "counted_softmax_exps", "verdict",
+    "params", "fwd_MACs", "exact_MACs", "paper_O_MACs", "fwd_exps", "verdict",
     "fwd_median_ms", "fwd_q1_ms", "fwd_q3_ms", "fwd_min_ms", "fwd_max_ms", "fwd_runs",
     "fwd_calls_per_run", "fwd_peak_bytes", "fwd_peak_min_bytes", "fwd_peak_max_bytes",
     "fwd_memory_runs", "fwd_bwd_median_ms", "fwd_bwd_q1_ms", "fwd_bwd_q3_ms", "fwd_bwd_runs",
@@ -59,8 +59,8 @@ def make_record(backward: bool = False) -> Record:
     config = {"op": "lr", "impl": "unfold", "batch": 1, "channels": 8, "height": 8, "width": 8,
               "k": 3, "m": 4, "stride": 1, "dtype": "float32", "device": "cpu", "phi": "sqdiff"}
     record = Record(kind="layer", name="lr[unfold] k=3 m=4 s=1 C=8 8x8 B=1 phi=sqdiff", config=config)
-    record.exact.update({"params": 108, "exact_MACs": 11976, "exact_softmax_exps": 1152,
-                         "paper_O_MACs": 13056.0, "counted_MACs": 11976, "counted_softmax_exps": 1152})
+    record.exact.update({"params": 108, "exact_MACs": 11976, "exact_exps": 1152,
+                         "paper_O_MACs": 13056.0, "fwd_MACs": 11976, "fwd_exps": 1152})
     record.checks.update({"counted_over_exact": 1.0, "exact_match": True,
                           "counted_over_paper_O": 11976 / 13056, "paper_O_band": "0.5-1.1",
                           "paper_O_within_band": True, "verdict": "ok"})
@@ -98,7 +98,7 @@ def test_csv_has_stable_unit_suffixed_columns():
     assert row["fwd_calls_per_run"] == "100"
     assert row["threads"] == "1"
     assert row["fwd_peak_bytes"] == "53320"
-    assert row["counted_MACs"] == row["exact_MACs"] == "11976"
+    assert row["fwd_MACs"] == row["exact_MACs"] == "11976"
     assert row["device_name"] == "Test CPU"
     assert row["torch_version"] == "9.9.9"
     assert row["error"] == ""
@@ -149,7 +149,7 @@ def test_from_row_typed_keeps_config_and_exact_figures():
     _, (row,) = csv_rows(make_report(record))
     rebuilt = Record.from_row({k: parse_cell(v) for k, v in row.items()})
     assert rebuilt.config == record.config
-    for column in ("params", "counted_MACs", "exact_MACs", "counted_softmax_exps"):
+    for column in ("params", "fwd_MACs", "exact_MACs", "fwd_exps"):
         assert rebuilt.exact[column] == record.exact[column]
 
 

@@ -1,235 +1,293 @@
-"""Counting MACs: fvcore's tracer with one handle per op, so nothing is skipped silently.
+"""Counting work at torch's dispatcher: every op a module runs, forward and backward,
+meets the rule table of `lrprof.measure.rules` or is listed as uncounted.
 
-Conventions (1 MAC = one multiply-accumulate = 2 FLOPs):
+A `TorchDispatchMode` sees the aten ops of eager modules, of `torch.compile`d modules
+(dynamo runs the original code while a dispatch mode is active, so its ops are counted,
+not inductor's fused kernels), of `autograd.Function`s (their forward and backward
+bodies) and `torch.library` custom ops under their own name. torch's `ModuleTracker`
+attributes each op to the modules it ran inside, and tells forward from backward.
 
-- conv / linear / matmul: fvcore's own handles (they count MACs);
-- an elementwise multiply, or the one nonlinear map standing in its place (pow, abs,
-  div), is 1 MAC per output element; the add, subtract, negate or sum next to it is the
-  accumulate half of that MAC and counts 0;
-- softmax exponentials are counted, but in their own column, not as MACs;
-- data movement (unfold/im2col, views, index_select), masking and the layers the papers
-  leave out of their tables (batch norm, ReLU, pooling) count 0, each by a registered
-  handle, so they are listed with their rule rather than dropped.
-
-Any op without a handle is reported as uncounted: fvcore's built-in list of silently
-ignored ops is emptied, so every aten op of the traced graph meets this table.
+A kernel that never goes through the dispatcher (a C++ or Triton kernel called
+directly) would be invisible. It still has to put its result somewhere: when memory that
+a dispatched allocation created (`aten::empty`...) is read, or returned, before any
+dispatched op wrote it, the counter lists that as *opaque*, and the count is incomplete.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import (
-    addmm_flop_jit,
-    bmm_flop_jit,
-    conv_flop_jit,
-    einsum_flop_jit,
-    get_shape,
-    linear_flop_jit,
-    matmul_flop_jit,
-)
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.module_tracker import ModuleTracker
 
-MAC = "MAC"
-SOFTMAX = "softmax exp"
-ZERO = "0 by rule"
+from lrprof.measure.rules import RULES, Work
 
-Handle = Callable[[list[Any], list[Any]], int]
-
-
-def _numel(value: Any) -> int:
-    shape = get_shape(value)
-    n = 1
-    for d in shape or ():
-        n *= d
-    return n
-
-
-def _per_output_element(inputs: list[Any], outputs: list[Any]) -> int:
-    return _numel(outputs[0])
-
-
-def _zero(inputs: list[Any], outputs: list[Any]) -> int:
-    return 0
-
-
-@dataclass(frozen=True)
-class Rule:
-    category: str
-    handle: Handle
-    why: str
-
-
-_MATRIX = "fvcore's handle: multiply-accumulates of the product"
-_ELEMENTWISE = "1 per output element (the multiply of a MAC)"
-_ACCUMULATE = "0: the accumulate half of a MAC, or a sign"
-_MOVE = "0: data movement"
-_LEFT_OUT = "0: left out of the papers' tables (foldable or negligible)"
-
-RULES: dict[str, Rule] = {
-    "aten::_convolution": Rule(MAC, conv_flop_jit, _MATRIX),
-    "aten::addmm": Rule(MAC, addmm_flop_jit, _MATRIX),
-    "aten::linear": Rule(MAC, linear_flop_jit, _MATRIX),
-    "aten::matmul": Rule(MAC, matmul_flop_jit, _MATRIX),
-    "aten::mm": Rule(MAC, matmul_flop_jit, _MATRIX),
-    "aten::bmm": Rule(MAC, bmm_flop_jit, _MATRIX),
-    "aten::einsum": Rule(MAC, einsum_flop_jit, _MATRIX),
-    "aten::mul": Rule(MAC, _per_output_element, _ELEMENTWISE),
-    "aten::mul_": Rule(MAC, _per_output_element, _ELEMENTWISE),
-    "aten::pow": Rule(MAC, _per_output_element, _ELEMENTWISE),
-    "aten::abs": Rule(MAC, _per_output_element, _ELEMENTWISE),
-    "aten::div": Rule(MAC, _per_output_element, _ELEMENTWISE),
-    "aten::softmax": Rule(SOFTMAX, _per_output_element, "1 exponential per element"),
-    "aten::_softmax": Rule(SOFTMAX, _per_output_element, "1 exponential per element"),
-    "aten::add": Rule(ZERO, _zero, _ACCUMULATE),
-    "aten::add_": Rule(ZERO, _zero, _ACCUMULATE),
-    "aten::sub": Rule(ZERO, _zero, _ACCUMULATE),
-    "aten::rsub": Rule(ZERO, _zero, _ACCUMULATE),
-    "aten::neg": Rule(ZERO, _zero, _ACCUMULATE),
-    "aten::sum": Rule(ZERO, _zero, _ACCUMULATE),
-    "aten::im2col": Rule(ZERO, _zero, _MOVE),
-    "aten::view": Rule(ZERO, _zero, _MOVE),
-    "aten::reshape": Rule(ZERO, _zero, _MOVE),
-    "aten::flatten": Rule(ZERO, _zero, _MOVE),
-    "aten::index_select": Rule(ZERO, _zero, _MOVE),
-    "aten::slice": Rule(ZERO, _zero, _MOVE),
-    "aten::to": Rule(ZERO, _zero, _MOVE),
-    "aten::cat": Rule(ZERO, _zero, _MOVE),
-    "aten::unsqueeze": Rule(ZERO, _zero, _MOVE),
-    "aten::contiguous": Rule(ZERO, _zero, _MOVE),
-    "aten::size": Rule(ZERO, _zero, _MOVE),
-    "aten::Int": Rule(ZERO, _zero, _MOVE),
-    "aten::ones": Rule(ZERO, _zero, _MOVE),
-    "aten::lt": Rule(ZERO, _zero, "0: building the outside-the-image mask"),
-    "aten::masked_fill": Rule(ZERO, _zero, "0: masking out-of-image neighbours"),
-    "aten::relu": Rule(ZERO, _zero, _LEFT_OUT),
-    "aten::relu_": Rule(ZERO, _zero, _LEFT_OUT),
-    "aten::batch_norm": Rule(ZERO, _zero, _LEFT_OUT),
-    "aten::max_pool2d": Rule(ZERO, _zero, _LEFT_OUT),
-    "aten::adaptive_avg_pool2d": Rule(ZERO, _zero, _LEFT_OUT),
-    "aten::mean": Rule(ZERO, _zero, _LEFT_OUT),
-}
+METHOD = "TorchDispatchMode over lrprof's rule table; modules by torch's ModuleTracker"
+FWD, BWD = "fwd", "bwd"
+ALLOCATIONS = frozenset({"aten::empty", "aten::empty_like", "aten::empty_strided",
+                         "aten::new_empty", "aten::new_empty_strided"})
 
 
 @dataclass(frozen=True)
 class OpCount:
+    """One op in one phase: how often it ran, what it counted and by which rule."""
+
     op: str
-    category: str
-    count: int
-    rule: str
+    phase: str
+    family: str
     calls: int
+    macs: int
+    exps: int
+    rule: str
 
 
 @dataclass(frozen=True)
 class CountResult:
-    """Counted work of one forward pass."""
+    """Counted work of one forward pass (and of one backward pass, when asked for)."""
 
-    macs: int
-    softmax_exps: int
+    macs: int  # forward
+    softmax_exps: int  # forward exponentials (softmax, exp)
     by_op: tuple[OpCount, ...]
-    uncounted: dict[str, int]  # aten op -> occurrences, ops no handle covered
-    module_macs: dict[str, int] = field(default_factory=dict)  # inclusive, "" = whole model
-    method: str = "fvcore jit trace, lrprof handle table"
+    uncounted: dict[str, int]  # op (phase-tagged for backward) -> calls: ops no rule covers
+    module_macs: dict[str, int] = field(default_factory=dict)  # forward, inclusive; "" = all
+    bwd_macs: int | None = None
+    bwd_exps: int | None = None
+    opaque: tuple[str, ...] = ()  # memory read or returned that no dispatched op wrote
+    method: str = METHOD
 
     @property
     def complete(self) -> bool:
-        return not self.uncounted
+        return not self.uncounted and not self.opaque
+
+    def family_macs(self, phase: str = FWD) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for row in self.by_op:
+            if row.phase == phase:
+                out[row.family] += row.macs
+        return dict(out)
+
+    def op_macs(self, phase: str = FWD) -> dict[str, int]:
+        return {row.op: row.macs for row in self.by_op if row.phase == phase}
 
 
-@dataclass(frozen=True)
-class StockCounts:
-    """What the stock counters report for the same forward pass."""
-
-    fvcore_macs: int
-    fvcore_skipped: dict[str, int]
-    flopcounter_flops: int
-
-    @property
-    def flopcounter_macs(self) -> float:
-        return self.flopcounter_flops / 2
+def _storage_key(t: torch.Tensor) -> int | None:
+    try:
+        ptr = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
+        return None
+    return ptr or None  # 0: an empty tensor holds no memory
 
 
-def _analysis(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> FlopCountAnalysis:
-    analysis = FlopCountAnalysis(model, inputs)
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    analysis.tracer_warnings("none")
-    return analysis
+class _Tally:
+    """What the mode saw: per (op, phase) calls and work, per module work, uncounted ops,
+    and the storages allocated but not yet written by a dispatched op."""
+
+    def __init__(self, tracker: ModuleTracker | None, names: dict[str, str]) -> None:
+        self.tracker = tracker
+        self.names = names
+        self.calls: Counter = Counter()
+        self.work: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        self.module: dict[tuple[str, str], int] = defaultdict(int)
+        self.uncounted: Counter = Counter()
+        self.unwritten: dict[int, str] = {}
+        self.opaque: list[str] = []
+        self.paused = False
+        self.record_forward = True
+
+    def phase(self) -> str:
+        return BWD if torch._C._current_graph_task_id() != -1 else FWD
+
+    def modules(self) -> set[str]:
+        if self.tracker is None:
+            return {""}
+        return {self.names.get(p, p) for p in self.tracker.parents}
+
+    def record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        name = func._schema.name
+        self._track_storage(name, func, args, kwargs, out)
+        phase = self.phase()
+        if phase == FWD and not self.record_forward:
+            return
+        rule = RULES.get(name)
+        self.calls[(name, phase)] += 1
+        if rule is None:
+            self.uncounted[name if phase == FWD else f"{name} (backward)"] += 1
+            return
+        work = rule.work(args, kwargs, out)
+        totals = self.work[(name, phase)]
+        totals[0] += work.macs
+        totals[1] += work.exps
+        if work.macs:
+            for module in self.modules():
+                self.module[(module, phase)] += work.macs
+
+    def _track_storage(self, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        written: set[int] = set()
+        read: list[torch.Tensor] = []
+        arguments = func._schema.arguments
+        positional = [a for a in arguments if not a.kwarg_only]
+        pairs = list(zip(positional, args, strict=False))
+        pairs += [(a, kwargs[a.name]) for a in arguments if a.name in kwargs]
+        for argument, value in pairs:
+            tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+            alias = argument.alias_info
+            if alias is not None and alias.is_write:
+                written.update(k for k in map(_storage_key, tensors) if k)
+            else:
+                read += tensors
+        for t in read:
+            key = _storage_key(t)
+            if key in self.unwritten and key not in written and name not in ALLOCATIONS:
+                self.opaque.append(f"{name} read memory from {self.unwritten.pop(key)} that no "
+                                   "dispatched op wrote (a kernel outside the dispatcher?)")
+        for key in written:
+            self.unwritten.pop(key, None)
+        inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            key = _storage_key(t)
+            if key is None or key in inputs:
+                continue  # a view of an input keeps the input's state
+            if name in ALLOCATIONS:
+                self.unwritten[key] = name
+            else:
+                self.unwritten.pop(key, None)  # fresh memory written by this op
+
+    def check_outputs(self, out: Any) -> None:
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                key = _storage_key(t)
+                if key in self.unwritten:
+                    self.opaque.append(f"the module's output came from {self.unwritten.pop(key)} "
+                                       "and no dispatched op wrote it (a kernel outside the dispatcher?)")
 
 
-def _quiet_fvcore() -> None:
-    logging.getLogger("fvcore").setLevel(logging.ERROR)
+class _CountingMode(TorchDispatchMode):
+    def __init__(self, tally: _Tally) -> None:
+        super().__init__()
+        self.tally = tally
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not self.tally.paused:
+            self.tally.record(func, args, kwargs, out)
+        return out
 
 
-def _category(op: str) -> str | None:
-    rule = RULES.get(op)
-    return rule.category if rule else None
+def _tracker_names(model: nn.Module) -> dict[str, str]:
+    """ModuleTracker names a module '<RootType>.a.b' (the root by its type); reports use the
+    state-dict name 'a.b', and '' for the whole model."""
+    root = type(model).__name__
+    names = {"Global": "", root: ""}
+    for fqn, _ in model.named_modules():
+        if fqn:
+            names[f"{root}.{fqn}"] = fqn
+    return names
 
 
-def _keyed(name: str, handle: Handle, calls: Counter) -> Callable[[list[Any], list[Any]], Counter]:
-    """Key every result by its aten op (some fvcore handles say 'conv') and note the call:
-    fvcore's Counters drop zero counts, and the report lists the zero-rule ops too."""
-
-    def keyed(inputs: list[Any], outputs: list[Any]) -> Counter:
-        calls[name] += 1
-        n = handle(inputs, outputs)
-        return Counter({name: int(sum(n.values()) if isinstance(n, Counter) else n)})
-
-    return keyed
-
-
-def count(model: nn.Module, *inputs: torch.Tensor, per_module: bool = False) -> CountResult:
-    """Count one forward pass with lrprof's handle table (model in its current mode)."""
-    _quiet_fvcore()
-    calls: Counter = Counter()
-    analysis = _analysis(model, inputs)
-    analysis.set_op_handle(
-        **{name: _keyed(name, rule.handle, calls) for name, rule in RULES.items()}
-    )
-    if not hasattr(analysis, "_ignored_ops"):  # fvcore's private list; refuse rather than skip
-        raise RuntimeError("this fvcore version has no _ignored_ops: complete counting unavailable")
-    analysis._ignored_ops = set()  # nothing skipped silently: every aten op needs a rule
-    with torch.no_grad():
-        by_op = analysis.by_operator()
-        uncounted = dict(analysis.unsupported_ops())
-        per_module_ops = analysis.by_module_and_operator() if per_module else {}
+def _result(tally: _Tally, per_module: bool, backward: bool) -> CountResult:
     rows = []
-    macs = exps = 0
-    for op in sorted(calls):
-        rule, n = RULES[op], int(by_op.get(op, 0))
-        rows.append(OpCount(op, rule.category, n, rule.why, calls[op]))
-        if rule.category == MAC:
-            macs += n
-        elif rule.category == SOFTMAX:
-            exps += n
-    module_macs = {
-        name: int(sum(n for op, n in ops.items() if _category(op) == MAC))
-        for name, ops in per_module_ops.items()
-    }
-    return CountResult(macs, exps, tuple(rows), uncounted, module_macs)
+    totals = {FWD: [0, 0], BWD: [0, 0]}
+    for (name, phase), calls in sorted(tally.calls.items()):
+        rule = RULES.get(name)
+        if rule is None:
+            continue
+        macs, exps = tally.work[(name, phase)]
+        rows.append(OpCount(name, phase, rule.family, calls, macs, exps, rule.why))
+        totals[phase][0] += macs
+        totals[phase][1] += exps
+    module_macs = {m: n for (m, phase), n in tally.module.items() if phase == FWD} if per_module else {}
+    if per_module:
+        module_macs.setdefault("", totals[FWD][0])
+    return CountResult(
+        macs=totals[FWD][0], softmax_exps=totals[FWD][1], by_op=tuple(rows),
+        uncounted=dict(tally.uncounted), module_macs=module_macs,
+        bwd_macs=totals[BWD][0] if backward else None,
+        bwd_exps=totals[BWD][1] if backward else None,
+        opaque=tuple(dict.fromkeys(tally.opaque)),
+    )
 
 
-def stock_counts(model: nn.Module, *inputs: torch.Tensor) -> StockCounts:
-    """fvcore with its default handles, and torch's FlopCounterMode, on the same forward."""
-    from torch.utils.flop_counter import FlopCounterMode
+def count(model: nn.Module, *inputs: Any, per_module: bool = False, backward: bool = False,
+          input_grad: bool = True, train_for_backward: bool = False) -> CountResult:
+    """Count one forward pass (model in its current mode, no autograd) and, with `backward`,
+    the backward pass of a second forward: gradients of every parameter that requires one
+    and, with `input_grad`, of the floating-point inputs. `train_for_backward` puts the
+    model in train mode for that pass (batch norm on batch statistics)."""
+    names = _tracker_names(model)
+    tracker = ModuleTracker() if per_module else None
+    tally = _Tally(tracker, names)
+    with _tracked(tracker), _CountingMode(tally), torch.no_grad():
+        out = model(*inputs)
+        tally.check_outputs(out)
+    if backward:
+        _count_backward(model, inputs, tally, tracker, input_grad, train_for_backward)
+    return _result(tally, per_module, backward)
 
-    _quiet_fvcore()
-    analysis = _analysis(model, inputs)
-    with torch.no_grad():
-        fv_total = int(analysis.total())
-        skipped = dict(analysis.unsupported_ops())
-        with FlopCounterMode(display=False) as counter:
-            model(*inputs)
-    return StockCounts(fv_total, skipped, int(counter.get_total_flops()))
+
+class _tracked:
+    """ModuleTracker when per-module figures are asked for, else nothing."""
+
+    def __init__(self, tracker: ModuleTracker | None) -> None:
+        self.tracker = tracker
+
+    def __enter__(self) -> None:
+        if self.tracker is not None:
+            self.tracker.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.tracker is not None:
+            self.tracker.__exit__(*exc)
+
+
+def _count_backward(model: nn.Module, inputs: tuple, tally: _Tally, tracker: ModuleTracker | None,
+                    input_grad: bool, train_for_backward: bool) -> None:
+    grad_inputs = [
+        x.detach().requires_grad_(input_grad and x.is_floating_point())
+        if isinstance(x, torch.Tensor) else x
+        for x in inputs
+    ]
+    wrt = [x for x in grad_inputs if isinstance(x, torch.Tensor) and x.requires_grad]
+    wrt += [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.train(train_for_backward)
+    tally.record_forward = False  # the forward was counted above, without autograd
+    try:
+        with _tracked(tracker), _CountingMode(tally):
+            out = model(*grad_inputs)
+            outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
+            tally.paused = True  # the output gradient is ours, not the model's work
+            grads = [torch.randn_like(t) for t in outs]
+            tally.paused = False
+            if outs and wrt:
+                torch.autograd.grad(outs, wrt, grads, allow_unused=True)
+    finally:
+        tally.record_forward = True
+        tally.paused = False
+        model.train(was_training)
 
 
 def uncounted_text(uncounted: dict[str, int]) -> str:
     if not uncounted:
         return "none"
-    return ", ".join(f"{op} x{n}" for op, n in sorted(Counter(uncounted).items()))
+    return ", ".join(f"{op} x{n}" for op, n in sorted(uncounted.items()))
+
+
+def missing_text(result: CountResult) -> str:
+    """Why a count is incomplete, in one line: uncounted ops and opaque kernels."""
+    parts = []
+    if result.uncounted:
+        parts.append("uncounted ops: " + uncounted_text(result.uncounted))
+    if result.opaque:
+        parts.append("opaque: " + "; ".join(result.opaque))
+    return "; ".join(parts) or "none"
+
+
+__all__ = ["BWD", "FWD", "CountResult", "OpCount", "Work", "count", "missing_text", "uncounted_text"]

@@ -1,8 +1,14 @@
-"""Latency: warm-up, then repeated runs, kept as a distribution rather than one number.
+"""Latency: warm-up, then repeated runs, kept as a distribution (and its raw samples) rather
+than one number.
 
-CUDA: one pair of CUDA events around each call, read after a synchronise.
-CPU: torch.utils.benchmark.Timer.blocked_autorange with the thread count set
-explicitly (Timer runs on one thread unless told otherwise).
+Rows that are compared are timed in one interleaved schedule: every candidate runs one
+block per round, the order rotating from round to round (A B C, B C A, C A B ...), so a
+change of machine speed during the run (another process, a clock change) hits every row
+alike instead of landing in the ratio between two rows timed one after the other.
+
+CUDA: CUDA events around each call, read after a synchronise at the end of each round.
+CPU: `timeit` (perf_counter, garbage collector off) around a block of calls, on the thread
+count torch is set to (recorded with every figure).
 """
 
 from __future__ import annotations
@@ -10,15 +16,21 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import timeit
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import asdict, dataclass, fields
 
 import torch
+
+CPU_METHOD = ("interleaved blocks, rotating order; timeit (perf_counter, GC off) around C calls "
+              "per run, after warm-up")
+CUDA_METHOD = "interleaved, rotating order; CUDA events around each call, after warm-up"
 
 
 @dataclass(frozen=True)
 class Stats:
-    """Per-call latency distribution over `runs` timed runs, each averaging `calls_per_run` calls."""
+    """Per-call latency distribution over `runs` timed runs, each averaging `calls_per_run`
+    calls; `samples_ms` keeps every run's per-call time, in the order measured."""
 
     median_ms: float
     q1_ms: float
@@ -29,6 +41,7 @@ class Stats:
     calls_per_run: int
     method: str
     threads: int | None = None
+    samples_ms: tuple[float, ...] = ()
 
     @property
     def iqr_ms(self) -> float:
@@ -36,27 +49,37 @@ class Stats:
 
     @classmethod
     def from_times(
-        cls, times_ms: list[float], calls_per_run: int, method: str, threads: int | None = None
+        cls, times_ms: Sequence[float], calls_per_run: int, method: str, threads: int | None = None
     ) -> Stats:
         if len(times_ms) < 2:
             raise ValueError("a latency needs at least two timed runs")
         q1, med, q3 = statistics.quantiles(times_ms, n=4, method="inclusive")
         return cls(med, q1, q3, min(times_ms), max(times_ms), len(times_ms), calls_per_run,
-                   method, threads)
+                   method, threads, tuple(times_ms))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["samples_ms"] = list(self.samples_ms)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Stats:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["samples_ms"] = tuple(values.get("samples_ms") or ())
+        return cls(**values)
 
 
 @dataclass(frozen=True)
 class TimingOptions:
-    """How long to time. CPU timings run on torch's current thread count (set it with
-    torch.set_num_threads, or --threads), which every Stats records."""
+    """How long to time: each candidate gets at least `min_runs` runs and, on the CPU, at
+    least `min_time_s` of timed calls (a run's block of calls is sized so that `min_runs`
+    blocks take about `min_time_s`)."""
 
     warmup: int = 3  # calls before timing (at least this many, and at least warmup_s)
     warmup_s: float = 0.2
     min_runs: int = 10
-    min_time_s: float = 0.5  # CPU: total timed time asked of blocked_autorange (min_runs rules)
+    min_time_s: float = 0.5
 
     def __post_init__(self) -> None:
         from lrprof.errors import SpecError, require_int
@@ -78,7 +101,7 @@ def warm_up(fn: Callable[[], object], device: torch.device, options: TimingOptio
     """Run `fn` until both warm-up bounds are met; returns the median call's seconds."""
     started = time.perf_counter()
     seconds: list[float] = []
-    while len(seconds) < options.warmup or time.perf_counter() - started < options.warmup_s:
+    while len(seconds) < max(options.warmup, 1) or time.perf_counter() - started < options.warmup_s:
         t0 = time.perf_counter()
         fn()
         synchronize(device)
@@ -86,49 +109,86 @@ def warm_up(fn: Callable[[], object], device: torch.device, options: TimingOptio
     return statistics.median(seconds)
 
 
-def time_cuda(fn: Callable[[], object], device: torch.device, options: TimingOptions) -> Stats:
-    warm_up(fn, device, options)
-    pairs = []
-    with torch.cuda.device(device):
-        for _ in range(options.min_runs):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            pairs.append((start, end))
-        torch.cuda.synchronize(device)
-    times = [s.elapsed_time(e) for s, e in pairs]
-    return Stats.from_times(times, 1, "CUDA events, one call per run, after warm-up")
+class _Candidate:
+    def __init__(self, key: Hashable, fn: Callable[[], object], calls: int) -> None:
+        self.key, self.fn, self.calls = key, fn, calls
+        self.samples_ms: list[float] = []
+        self.timed_s = 0.0
+
+    def done(self, options: TimingOptions, cuda: bool) -> bool:
+        enough_time = cuda or self.timed_s >= options.min_time_s
+        return len(self.samples_ms) >= options.min_runs and enough_time
 
 
-def time_cpu(fn: Callable[[], object], options: TimingOptions) -> Stats:
-    from torch.utils.benchmark import Timer
+def _cpu_block(candidate: _Candidate) -> None:
+    # timeit: perf_counter around `number` calls with the garbage collector off (the
+    # primitive torch.utils.benchmark wraps; its Timer adds warm-up calls to every block)
+    elapsed = timeit.Timer(candidate.fn, timer=time.perf_counter).timeit(number=candidate.calls)
+    candidate.timed_s += elapsed
+    candidate.samples_ms.append(elapsed * 1e3 / candidate.calls)
 
-    threads = torch.get_num_threads()
-    per_call = warm_up(fn, torch.device("cpu"), options)
-    # blocked_autorange picks its own block size (1, 10, 100... calls), so the time asked
-    # for may give fewer blocks than min_runs: ask again with a budget from the block seen.
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    budget = max(options.min_time_s, options.min_runs * per_call * 1.05)
-    for _ in range(3):
-        measurement = timer.blocked_autorange(min_run_time=budget)
-        if len(measurement.times) >= options.min_runs:
-            break
-        block_s = statistics.median(measurement.times) * measurement.number_per_run
-        budget = max(budget, options.min_runs * block_s * 1.25)
-    times = [t * 1e3 for t in measurement.times]
-    return Stats.from_times(
-        times,
-        measurement.number_per_run,
-        "torch.utils.benchmark blocked_autorange after warm-up",
-        threads,
-    )
+
+def time_interleaved(
+    candidates: Sequence[tuple[Hashable, Callable[[], object]]],
+    device: torch.device,
+    options: TimingOptions | None = None,
+) -> dict[Hashable, Stats | Exception]:
+    """Time every candidate in one interleaved schedule. A candidate that raises (out of
+    memory, a kernel error) gets its exception as its result; the others go on."""
+    options = options or TimingOptions()
+    cuda = device.type == "cuda"
+    threads = None if cuda else torch.get_num_threads()
+    results: dict[Hashable, Stats | Exception] = {}
+    active: list[_Candidate] = []
+    target_block_s = options.min_time_s / options.min_runs
+    for key, fn in candidates:
+        try:
+            per_call = warm_up(fn, device, options)
+        except Exception as exc:  # recorded in its row by the caller
+            results[key] = exc
+            continue
+        calls = 1 if cuda else max(1, int(target_block_s / max(per_call, 1e-9)))
+        active.append(_Candidate(key, fn, calls))
+    finished: list[_Candidate] = []
+    rounds = 0
+    while active:
+        order = active[rounds % len(active):] + active[:rounds % len(active)]
+        rounds += 1
+        pending = []
+        for candidate in order:
+            try:
+                if cuda:
+                    start = torch.cuda.Event(enable_timing=True)
+                    end = torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    candidate.fn()
+                    end.record()
+                    pending.append((candidate, start, end))
+                else:
+                    _cpu_block(candidate)
+            except Exception as exc:
+                results[candidate.key] = exc
+                active.remove(candidate)
+        if cuda:
+            torch.cuda.synchronize(device)
+            for candidate, start, end in pending:
+                ms = start.elapsed_time(end)
+                candidate.samples_ms.append(ms)
+                candidate.timed_s += ms / 1e3
+        for candidate in [c for c in active if c.done(options, cuda)]:
+            active.remove(candidate)
+            finished.append(candidate)
+    method = CUDA_METHOD if cuda else CPU_METHOD
+    for candidate in finished:
+        results[candidate.key] = Stats.from_times(candidate.samples_ms, candidate.calls, method, threads)
+    return results
 
 
 def time_callable(
     fn: Callable[[], object], device: torch.device, options: TimingOptions | None = None
 ) -> Stats:
-    options = options or TimingOptions()
-    if device.type == "cuda":
-        return time_cuda(fn, device, options)
-    return time_cpu(fn, options)
+    """One candidate on its own: its Stats, or its exception raised."""
+    result = time_interleaved([("only", fn)], device, options)["only"]
+    if isinstance(result, Exception):
+        raise result
+    return result

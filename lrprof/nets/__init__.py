@@ -35,6 +35,9 @@ class NetDef:
     options: dict[str, Any] = field(default_factory=dict)  # overridable, with defaults
     paper: tuple[PaperFigures, ...] = ()
     reconstructed: PaperFigures | None = None  # a hand count from the reference, when no print
+    # Open choices of the paper, each (label, builder overrides); the first is ours.
+    choices: tuple[tuple[str, dict[str, Any]], ...] = ()
+    notes: tuple[str, ...] = ()  # how this family is built, for the report
 
 
 _NETS: Registry[NetDef] = Registry("net", "network")
@@ -78,4 +81,13 @@ def display_name(name: str, **overrides: Any) -> str:
     return f"{name}({','.join(changed)})" if changed else name
 
 
-from lrprof.nets import lrnet, resnet  # noqa: E402,F401  (register the builders)
+def _discover() -> None:
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in ("cost", "paper") and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_discover()

@@ -62,19 +62,31 @@ def lrnet(
 
 
 _OPTIONS = {"k": 7, "m": 8, "stem": "lr", "widths": LR_WIDTHS, "num_classes": 1000}
+# The choices the LR-Net paper leaves open, each counted against its printed table.
+CHOICES = (
+    ("G = ceil(C/m), LR stem (lrprof's choice)", {}),
+    ("res2 width rounded down to 96 (a multiple of m)", {"widths": (96, 200, 400, 800)}),
+    ("res2 width rounded up to 104 (a multiple of m)", {"widths": (104, 200, 400, 800)}),
+    ("plain 7x7 conv stem instead of the LR stem", {"stem": "conv"}),
+)
+NOTES = ("LR-Net: ResNet v1.5 bottlenecks with G = ceil(C/m), geometry prior hidden width G, "
+         "LR stem (1x1 conv 3->64, 7x7 LR m=1 stride 2).",)
 
 register_net(NetDef(
     "lr26", "LR-Net-26: [2,2,2,2] bottlenecks, 7x7 local relation (m=8), LR stem",
     lambda **o: lrnet(26, **o), dict(_OPTIONS),
     paper=(PaperFigures("LR-Net paper, Table 1 (7x7, m=8)", 14.7e6, 2.6e9),),
+    choices=CHOICES, notes=NOTES,
 ))
 register_net(NetDef(
     "lr50", "LR-Net-50: [3,4,6,3] bottlenecks, 7x7 local relation (m=8), LR stem",
     lambda **o: lrnet(50, **o), dict(_OPTIONS),
     paper=(PaperFigures("LR-Net paper, Table 1 (7x7, m=8)", 23.3e6, 4.3e9),),
+    choices=CHOICES, notes=NOTES,
 ))
 register_net(NetDef(
     "lr101", "LR-Net-101: [3,4,23,3] bottlenecks, 7x7 local relation (m=8), LR stem",
     lambda **o: lrnet(101, **o), dict(_OPTIONS),
     reconstructed=PaperFigures("reference reconstruction (not printed)", 40.84e6, 7.76e9),
+    notes=NOTES,
 ))

@@ -116,9 +116,12 @@ def resnet(depth: int, num_classes: int = 1000) -> StagedNet:
     return bottleneck_net(conv_stem(), 64, DEPTHS[depth], RESNET_WIDTHS, conv3x3, num_classes)
 
 
+NOTES = ("ResNet: v1.5 bottlenecks (stride in the 3x3), 7x7 conv stem and max pool; built by "
+         "lrprof, no torchvision.",)
+
 register_net(NetDef(
     "resnet26", "ResNet-26 baseline: bottleneck [2,2,2,2], the depth of LR-Net-26",
-    lambda num_classes: resnet(26, num_classes), {"num_classes": 1000},
+    lambda num_classes: resnet(26, num_classes), {"num_classes": 1000}, notes=NOTES,
 ))
 register_net(NetDef(
     "resnet50", "ResNet-50 (v1.5: stride in the 3x3), bottleneck [3,4,6,3]",
@@ -127,8 +130,9 @@ register_net(NetDef(
         PaperFigures("standard count (torchvision-style; SASA's table)", 25.6e6, 4.1e9),
         PaperFigures("LR-Net paper, Table 1", 25.5e6, 4.3e9),
     ),
+    notes=NOTES,
 ))
 register_net(NetDef(
     "resnet101", "ResNet-101 (v1.5), bottleneck [3,4,23,3]",
-    lambda num_classes: resnet(101, num_classes), {"num_classes": 1000},
+    lambda num_classes: resnet(101, num_classes), {"num_classes": 1000}, notes=NOTES,
 ))

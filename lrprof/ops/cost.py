@@ -20,7 +20,9 @@ class CostModel:
 
     `macs` are multiply-accumulates (1 MAC = 2 FLOPs). Softmax exponentials are not MACs
     and are kept apart in `softmax_exps`. `paper_macs` is the published O-model evaluated
-    at this configuration (None when the operator has none). `activation_bytes` names the
+    at this configuration (None when the operator has none) and `paper_band` the range of
+    counted / published the operator's authors' model is expected to stay in (None: the
+    published formula is exact). `activation_bytes` names the
     tensors a reference kernel of the operator holds (the official one where there is one),
     and `implementation_bytes` the largest buffer of lrprof's own implementation.
     """
@@ -30,7 +32,7 @@ class CostModel:
     softmax_exps: int = 0
     paper_macs: float | None = None
     paper_formula: str = ""
-    paper_band: tuple[float, float] = (0.5, 1.1)
+    paper_band: tuple[float, float] | None = None
     activation_bytes: dict[str, int] = field(default_factory=dict)
     implementation_bytes: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()

@@ -30,10 +30,10 @@ from torch import nn
 
 from lrprof.errors import SpecError, require_int
 from lrprof.ops.cost import CostModel, Term
+from lrprof.schema import Context, Param, Schema
 from lrprof.spec import LayerSpec
 
 PHIS = ("sqdiff", "absdiff", "mul")
-IMPLS = ("unfold",)
 PAPER_FORMULA = "((1+s^2)/m + 1) * C * (C + k^2) * H*W / s^2"
 
 
@@ -172,31 +172,26 @@ class LocalRelation2d(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def validate(spec: LayerSpec) -> None:
-    check_hyperparameters(spec.channels, spec.k, spec.m, spec.stride, spec.option("phi", "sqdiff"),
-                          spec.option("geometry_hidden"))
-    largest = 2 * max(spec.height, spec.width) + 1  # beyond it every window covers the image
-    if spec.k > largest:
-        raise SpecError("k", f"must be an odd integer in 1..{largest} (2 x the input size + 1)", spec.k)
-
-
 def build(spec: LayerSpec) -> LocalRelation2d:
-    return LocalRelation2d(
-        spec.channels,
-        spec.k,
-        spec.m,
-        spec.stride,
-        phi=spec.option("phi", "sqdiff"),
-        geometry_hidden=spec.option("geometry_hidden"),
-    )
+    p = dict(spec.params)
+    return LocalRelation2d(spec.channels, p["k"], p["m"], p["stride"], phi=p["phi"],
+                           geometry_hidden=p["geometry_hidden"])
 
 
 def cost(spec: LayerSpec) -> CostModel:
+    p = dict(spec.params)
     return cost_of(
-        spec.channels, spec.height, spec.width, spec.k, spec.m, spec.stride, spec.batch,
-        geometry_hidden=spec.option("geometry_hidden"),
+        spec.channels, spec.height, spec.width, p["k"], p["m"], p["stride"], spec.batch,
+        geometry_hidden=p["geometry_hidden"],
         bytes_per_element=spec.torch_dtype.itemsize,
     )
+
+
+def from_module(module: LocalRelation2d, input_shape: tuple[int, ...]) -> LayerSpec:
+    b, c, h, w = input_shape
+    return LayerSpec(op="lr", impl="unfold", channels=c, height=h, width=w, batch=b,
+                     k=module.kernel_size, m=module.m, stride=module.stride, phi=module.phi,
+                     geometry_hidden=module.geometry_hidden)
 
 
 def cost_of(
@@ -243,6 +238,7 @@ def cost_of(
         softmax_exps=b * g * k2 * out_hw,
         paper_macs=paper,
         paper_formula=PAPER_FORMULA,
+        paper_band=(0.5, 1.1),
         activation_bytes=activation_bytes,
         implementation_bytes={
             # the unfold implementation's k^2 windows of x, and the weighted copy of them
@@ -256,18 +252,39 @@ def cost_of(
     )
 
 
+def _largest_window(ctx: Context) -> int:
+    return 2 * max(ctx["height"], ctx["width"]) + 1  # beyond it every window covers the image
+
+
+SCHEMA = Schema((
+    Param("k", int, 7, "window (neighbourhood) size k x k", minimum=1, maximum=_largest_window,
+          odd=True, headline=True, bound_text="in 1..2*max(H, W)+1"),
+    Param("m", int, 8, "channels sharing one aggregation weight map (G = ceil(C/m) groups)",
+          minimum=1, maximum=lambda ctx: ctx["channels"], headline=True, bound_text="in 1..channels"),
+    Param("stride", int, 1, "stride s (output ceil(H/s) x ceil(W/s))", minimum=1,
+          maximum=lambda ctx: ctx["k"], headline=True, short="s", bound_text="in 1..k"),
+    Param("phi", str, "sqdiff", "appearance composability Phi(q, k)", choices=PHIS),
+    Param("geometry_hidden", int, None, "hidden width h of the geometry prior", minimum=1,
+          derive=lambda ctx: num_groups(ctx["channels"], ctx["m"]), derived_text="G"),
+))
+
+
 def _register() -> None:
-    from lrprof.ops import OpDef, register_op
+    from lrprof.ops import Impl, OpDef, register_op
 
     register_op(
         OpDef(
             name="lr",
             summary="local relation layer (LR-Net): key/query 1x1, k x k relation softmax, 1x1",
-            impls=IMPLS,
-            validate=validate,
-            build=build,
+            schema=SCHEMA,
+            impls=(Impl("unfold", "F.unfold of the k^2 windows (C*k^2*H'W' buffer): the readable "
+                        "reference", build),),
             cost=cost,
-            option_names=("phi", "geometry_hidden"),
+            modules=(LocalRelation2d,),
+            from_module=from_module,
+            cost_text=("B*C*G*HW (key) + B*C*G*H'W' (query) + B*G*k^2*H'W' (composability) + "
+                       "B*C*k^2*H'W' (aggregation) + B*C^2*H'W' (final 1x1) + k^2*h*(2+G) "
+                       "(geometry prior); B*G*k^2*H'W' softmax exps"),
         )
     )
 

@@ -1,0 +1,52 @@
+"""`lrprof compare`: two reports in, a regression verdict out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lrprof.cli import EXIT_FAILED, app, out_dir
+from lrprof.errors import SpecError
+
+
+@app.command()
+def compare(
+    old: Annotated[Path, typer.Argument(help="baseline report (.json or .csv)")],
+    new: Annotated[Path, typer.Argument(help="current report (.json or .csv)")],
+    max_slowdown: Annotated[str, typer.Option(help="latency growth allowed, e.g. 10%")] = "10%",
+    max_memory_growth: Annotated[str, typer.Option(help="peak memory growth allowed")] = "5%",
+    allow_model_change: Annotated[
+        bool, typer.Option("--allow-model-change", help="do not fail when params or MACs change")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="different device or versions: error, not a warning")
+    ] = False,
+    require_all: Annotated[
+        bool, typer.Option("--require-all", help="fail when a baseline row is missing from NEW")
+    ] = False,
+    format_: Annotated[str, typer.Option("--format", help="text, markdown or json")] = "text",
+    out: Annotated[Path | None, typer.Option(help="also write DIR/compare.{md,json}")] = None,
+) -> None:
+    """Compare two reports: exit 0 without regression, 1 with one, 2 on bad input."""
+    from lrprof import compare as cmp
+    from lrprof.report import write_atomic
+
+    if format_ not in cmp.RENDERERS:
+        raise SpecError("format", f"one of {', '.join(cmp.RENDERERS)}", format_)
+    thresholds = cmp.Thresholds(
+        max_slowdown=cmp.parse_percent(max_slowdown, "max-slowdown"),
+        max_memory_growth=cmp.parse_percent(max_memory_growth, "max-memory-growth"),
+        allow_model_change=allow_model_change,
+        require_all=require_all,
+    )
+    if out is not None:
+        out_dir(out)
+    result = cmp.compare(old, new, thresholds, strict=strict)
+    typer.echo(cmp.RENDERERS[format_](result), nl=format_ == "text")
+    if out is not None:
+        write_atomic(out / "compare.md", cmp.render_markdown(result))
+        write_atomic(out / "compare.json", cmp.render_json(result))
+    if result.regression:
+        raise typer.Exit(EXIT_FAILED)

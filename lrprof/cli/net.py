@@ -1,0 +1,79 @@
+"""`lrprof net`: whole networks, totals, stages, layers and the paper's table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lrprof.cli import app, argv, emit, failures, out_dir, set_threads
+from lrprof.errors import SpecError
+
+
+@app.command()
+def net(
+    name: Annotated[str | None, typer.Argument(help="network, e.g. lr50 (see --list)")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list the registered networks")] = False,
+    vs: Annotated[str | None, typer.Option(help="profile this network too, same run, interleaved")] = None,
+    k: Annotated[int | None, typer.Option(help="LR-Net: window size of the bottleneck layers")] = None,
+    m: Annotated[int | None, typer.Option(help="LR-Net: channels per aggregation group")] = None,
+    batch: Annotated[int, typer.Option(help="batch size B")] = 1,
+    size: Annotated[str, typer.Option(help="input size N or HxW")] = "224",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N (default: cuda if present)")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16 or float64")] = "float32",
+    backward: Annotated[
+        bool, typer.Option("--backward", help="also count and time forward+backward")
+    ] = False,
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="break down by layer too")] = False,
+    min_runs: Annotated[int, typer.Option(help="fewest timed runs of the whole net (>= 2)")] = 5,
+    min_time: Annotated[float, typer.Option(help="CPU: seconds of timed runs at least")] = 0.5,
+    hooked_runs: Annotated[int, typer.Option(help="runs for the stage/layer breakdown (>= 2)")] = 5,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's)")] = None,
+    stock: Annotated[bool, typer.Option(help="also run stock fvcore and FlopCounterMode")] = True,
+    out: Annotated[Path | None, typer.Option(help="write DIR/net.{md,csv,json}")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="print only the paths written")] = False,
+) -> None:
+    """Profile a whole network: totals, stages, layers, and the paper's table."""
+    from lrprof.measure.device import collect
+    from lrprof.measure.timing import TimingOptions
+    from lrprof.netprofile import NetOptions, NetSpec, net_report, profile_nets
+    from lrprof.nets import list_nets
+    from lrprof.report import report_paths, write_report
+    from lrprof.spec import parse_size, resolve_device
+
+    if list_:
+        for net_def in list_nets():
+            typer.echo(f"{net_def.name:10s} {net_def.summary}")
+        return
+    if name is None:
+        raise SpecError("net", "a network name (lrprof net --list shows them)", None)
+    options = NetOptions(
+        backward=backward,
+        per_layer=per_layer,
+        timing=TimingOptions(warmup=1, warmup_s=0.0, min_runs=min_runs, min_time_s=min_time),
+        hooked_runs=hooked_runs,
+        stock_counters=stock,
+    )
+    set_threads(threads)
+    height, width = parse_size(size)
+    resolved = resolve_device(device)
+    overrides = tuple((key, v) for key, v in (("k", k), ("m", m)) if v is not None)
+    specs = [NetSpec(name, batch, height, width, dtype, str(resolved), overrides)]
+    specs[0].validate()
+    if vs is not None:
+        specs.append(NetSpec(vs, batch, height, width, dtype, str(resolved)))
+        try:
+            specs[1].validate()
+        except SpecError as exc:  # name the option, not the positional NAME
+            raise SpecError("vs", exc.allowed, exc.got) from None
+    out = out_dir(out)
+    paths = report_paths("net", out)
+    environment = collect(resolved)  # before measuring: a failure here loses nothing
+
+    def write(profiles) -> None:  # after each step: an interrupted run keeps what it measured
+        write_report(net_report(profiles, argv(), environment), paths)
+
+    profiles = profile_nets(specs, options, on_update=write)
+    emit(net_report(profiles, argv(), environment), out, quiet, paths)
+    raise typer.Exit(failures([p.net for p in profiles]))

@@ -1,0 +1,183 @@
+"""The tables of a network report: totals, MACs against time per stage, two networks side by
+side, the paper check, the open choices, and the per-layer breakdown."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lrprof.measure import device as device_facts
+from lrprof.measure.parts import METHOD as HOOK_METHOD
+from lrprof.nets import get_net
+from lrprof.nets.cost import exact_by_layer
+from lrprof.nets.paper import MACS_TOLERANCE_PCT, PAPER_INPUT, PARAMS_TOLERANCE_PCT, choice_rows, paper_checks
+from lrprof.record import Report, Section
+from lrprof.report import latency_text
+
+if TYPE_CHECKING:
+    from lrprof.netprofile import NetProfile
+
+
+def summary_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
+    rows = []
+    for p in profiles:
+        r = p.net
+        row = {
+            "net": r.name,
+            "params (M)": r.exact.get("params", 0) / 1e6,
+            "counted MACs (G)": (r.exact.get("fwd_MACs") or 0) / 1e9,
+            "exact MACs (G)": r.exact.get("exact_MACs", 0) / 1e9,
+            "counted == exact": r.checks.get("exact_match"),
+            "fwd ms median [IQR] n": latency_text(r.latency.get("fwd"), 2),
+            "fwd images/s": r.derived.get("fwd_images_per_s"),
+        }
+        if "fwd_bwd" in r.latency:
+            row["fwd+bwd ms median [IQR] n"] = latency_text(r.latency.get("fwd_bwd"), 2)
+            row["fwd+bwd images/s"] = r.derived.get("fwd_bwd_images_per_s")
+        for phase, m in r.memory.items():
+            row[f"{phase.replace('_', '+')} peak MiB"] = m.peak_bytes / 2**20
+        if "bwd_MACs" in r.exact:
+            row["counted bwd MACs (G)"] = (r.exact.get("bwd_MACs") or 0) / 1e9
+        if r.exact.get("fvcore_stock_MACs") is not None:
+            row["fvcore default MACs (G)"] = r.exact["fvcore_stock_MACs"] / 1e9
+        if r.exact.get("torch_flopcounter_MACs") is not None:
+            row["FlopCounterMode MACs (G, FLOPs/2)"] = r.exact["torch_flopcounter_MACs"] / 1e9
+        row["verdict"] = r.error or r.checks.get("verdict")
+        rows.append(row)
+    return rows
+
+
+def stage_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
+    """MACs vs time per stage: where the work is against where the time goes."""
+    rows = []
+    for p in profiles:
+        for s in p.stages:
+            mac_share, time_share = s.derived.get("MACs_share_pct"), s.derived.get("latency_share_pct")
+            rows.append({
+                "net": p.net.name,
+                "stage": s.config["stage"],
+                "params (M)": s.exact["params"] / 1e6,
+                "counted MACs (M)": (s.exact.get("fwd_MACs") or 0) / 1e6,
+                "counted == exact": s.checks.get("exact_match"),
+                "MACs share (%)": mac_share,
+                "hooked fwd ms median": s.latency["fwd"].median_ms,
+                "latency share (%)": time_share,
+                "latency share / MACs share": time_share / mac_share if mac_share else None,
+            })
+    return rows
+
+
+def versus_rows(a: NetProfile, b: NetProfile) -> list[dict[str, Any]]:
+    """a / b per stage and in total, for MACs and for time, from the same run."""
+    rows = []
+    b_stages = {s.config["stage"]: s for s in b.stages}
+    for s in a.stages:
+        other = b_stages.get(s.config["stage"])
+        if other is None:
+            continue
+        am, bm = s.exact.get("fwd_MACs"), other.exact.get("fwd_MACs")
+        at, bt = s.latency["fwd"].median_ms, other.latency["fwd"].median_ms
+        rows.append({"stage": s.config["stage"], f"{a.net.name} / {b.net.name} MACs":
+                     am / bm if am and bm else None,
+                     f"{a.net.name} / {b.net.name} latency": at / bt if bt else None})
+    am, bm = a.net.exact.get("fwd_MACs"), b.net.exact.get("fwd_MACs")
+    al, bl = a.net.latency.get("fwd"), b.net.latency.get("fwd")
+    rows.append({"stage": "whole net (unhooked)",
+                 f"{a.net.name} / {b.net.name} MACs": am / bm if am and bm else None,
+                 f"{a.net.name} / {b.net.name} latency":
+                 al.median_ms / bl.median_ms if al and bl else None})
+    return rows
+
+
+def layer_rows(profile: NetProfile, limit: int | None = None) -> list[dict[str, Any]]:
+    layers = sorted(profile.layers, key=lambda r: -(r.derived.get("latency_share_pct") or 0))
+    rows = [{
+        "layer": r.config["layer"],
+        "type": r.derived.get("layer_type"),
+        "params": r.exact["params"],
+        "counted MACs": r.exact.get("fwd_MACs"),
+        "counted == exact": r.checks.get("exact_match"),
+        "MACs share (%)": r.derived.get("MACs_share_pct"),
+        "hooked fwd ms median": r.latency["fwd"].median_ms,
+        "latency share (%)": r.derived.get("latency_share_pct"),
+    } for r in layers]
+    return rows[:limit] if limit else rows
+
+
+def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
+               environment: device_facts.Environment | None = None,
+               terminal_layers: int = 15) -> Report:
+    """All sections go to markdown; the terminal gets the summary views and the slowest
+    layers only."""
+    env = environment or device_facts.collect(torch.device(profiles[0].spec.device))
+    sections = [Section("Networks (MACs: multiply-accumulates; 1 MAC = 2 FLOPs)", summary_rows(profiles),
+                        "latency: milliseconds per forward pass of the batch, median [quartiles], "
+                        "n runs (RxC: R runs, each the mean of C calls)")]
+    sums = "; ".join(
+        f"{p.net.name}: stage medians sum to {sum(s.latency['fwd'].median_ms for s in p.stages):.2f} ms, "
+        f"unhooked whole-net median {p.net.latency['fwd'].median_ms:.2f} ms"
+        for p in profiles if p.stages and "fwd" in p.net.latency)
+    sections.append(Section("MACs vs time per stage", stage_rows(profiles),
+                            f"stage latency: {HOOK_METHOD}; shares are of the summed stage medians "
+                            f"({sums})"))
+    if len(profiles) >= 2 and profiles[0].stages and profiles[1].stages:
+        sections.append(Section(f"{profiles[0].net.name} vs {profiles[1].net.name}, same run",
+                                versus_rows(profiles[0], profiles[1]),
+                                "stage rows use hooked stage latencies; the whole-net row the "
+                                "unhooked timing"))
+    paper = _paper_section(profiles)
+    if paper:
+        sections.append(paper)
+    for p in profiles:
+        choices = choice_rows(p.spec.name) if p.spec.is_default_net else []
+        if choices:
+            sections.append(Section(f"Choices the paper leaves open: {p.net.name}", choices,
+                                    "each counted from formulas at 224x224, batch 1", show="markdown"))
+    for p in profiles:
+        if not p.layers:
+            continue
+        unhooked = p.net.latency.get("fwd")
+        sections.append(Section(
+            f"Per layer: {p.net.name}", layer_rows(p),
+            f"layer latency: {HOOK_METHOD}; shares are of the summed layer medians "
+            f"({p.net.derived.get('hooked_layers_sum_ms', 0):.2f} ms) against the unhooked "
+            f"whole-net median ({unhooked.median_ms if unhooked else float('nan'):.2f} ms)",
+            show="markdown"))
+        sections.append(Section(f"Per layer: {p.net.name}, {terminal_layers} slowest",
+                                layer_rows(p, terminal_layers), "all layers in the markdown and CSV",
+                                show="terminal"))
+    records = []
+    for p in profiles:
+        records += [p.net, *p.stages, *p.layers]
+    notes = list(dict.fromkeys(n for p in profiles for n in get_net(p.spec.name).notes))
+    notes.append("MACs count one forward pass (counted: at the dispatcher with lrprof's rules; exact: "
+                 "each layer's operator model over a meta-device pass). Whole-net timings of the "
+                 "networks of one report are interleaved, and so are their hooked breakdowns.")
+    if any("fwd_bwd" in p.net.latency for p in profiles):
+        notes.append("forward+backward runs in train mode (batch norm on batch statistics).")
+    return Report("net", env, records, sections, notes, argv or [])
+
+
+def _paper_section(profiles: list[NetProfile]) -> Section | None:
+    rows = []
+    for p in profiles:
+        for row in p.net.detail.get("paper_check", []):
+            rows.append({"net": p.net.name, **row})
+        reconstructed = get_net(p.spec.name).reconstructed
+        if reconstructed and p.spec.is_default_net:
+            macs = sum(c.macs for c in exact_by_layer(p.spec.name, {}, PAPER_INPUT))
+            for row in paper_checks(p.net.exact["params"], macs, [reconstructed]):
+                rows.append({"net": p.net.name, **row})
+    if not rows:
+        return None
+    note = (f"verdict: params within {PARAMS_TOLERANCE_PCT:g}%, MACs within {MACS_TOLERANCE_PCT:g}% "
+            "(ours: exact formula count at the tables' input, 224x224 and batch 1, whatever this "
+            "run's input; BN, ReLU, pooling and residual adds count 0)")
+    for p in profiles:
+        checks = p.net.detail.get("paper_check", [])
+        if len(checks) > 1:
+            matched = [c["source"] for c in checks if c["verdict"] == "pass"]
+            note += (f". {p.net.name}: {len(checks)} printed figures; ours matches "
+                     f"{' and '.join(matched) if matched else 'none of them'}")
+    return Section("Paper check", rows, note)

@@ -1,0 +1,52 @@
+"""The operator catalogue people read: parameters with defaults and ranges, implementations
+and whether each runs on this machine (and why not), and the exact cost model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from tabulate import tabulate
+
+from lrprof.ops import OpDef, list_ops
+
+
+def describe(op: OpDef, device: torch.device, dtype: str = "float32") -> dict[str, Any]:
+    return {
+        "name": op.name,
+        "summary": op.summary,
+        "parameters": [{"option": p.flag, "type": p.type.__name__, "default": p.default_text(),
+                        "allowed": p.range_text().removeprefix("must be "), "help": p.help}
+                       for p in op.schema.params],
+        "implementations": [{"name": i.name, "default": i.name == op.default_impl,
+                             "available": (reason := i.unavailable_reason(device, dtype)) is None,
+                             "why not": reason or "", "backward": i.backward, "summary": i.summary}
+                            for i in op.impls],
+        "reference": op.reference_impl,
+        "exact MACs": op.cost_text,
+    }
+
+
+def catalogue(device: torch.device, dtype: str = "float32") -> list[dict[str, Any]]:
+    return [describe(op, device, dtype) for op in list_ops()]
+
+
+def render(entries: list[dict[str, Any]], fmt: str, device: torch.device) -> str:
+    if fmt == "json":
+        return json.dumps({"device": str(device), "operators": entries}, indent=2) + "\n"
+    table = "github" if fmt == "markdown" else "simple"
+    head = "## " if fmt == "markdown" else ""
+    parts = [f"{head}Operators (availability on {device})", ""] if fmt == "markdown" else []
+    for e in entries:
+        parts += [f"{head}{e['name']}: {e['summary']}", ""]
+        params = [[p["option"], p["type"], p["default"], p["allowed"], p["help"]] for p in e["parameters"]]
+        parts += [tabulate(params, headers=["parameter", "type", "default", "allowed", "help"],
+                           tablefmt=table, disable_numparse=True) if params else "(no parameters)", ""]
+        impls = [[i["name"] + (" (default)" if i["default"] else ""),
+                  "yes" if i["available"] else f"no: {i['why not']}", i["backward"], i["summary"]]
+                 for i in e["implementations"]]
+        parts += [tabulate(impls, headers=["implementation", f"runs on {device}", "backward", "what"],
+                           tablefmt=table, disable_numparse=True), ""]
+        parts += [f"exact MACs: {e['exact MACs']}; output checked against {e['reference']} in float64", ""]
+    return "\n".join(parts).rstrip() + "\n"
