@@ -196,6 +196,26 @@ def test_csv_row_rebuilds_the_json_record(backward_run):
         assert from_csv.exact[column] == from_json.exact[column]
 
 
+def test_baseline_none_measures_only_the_asked_rows(tmp_path):
+    run = read_reports(run_in_process(layer_args(tmp_path / "out", baseline="none")), tmp_path / "out")
+    assert run.rc == 0
+    (row,) = run.rows
+    assert row["role"] == "measured" and "fwd_latency_vs_baseline" not in run.columns
+
+
+def test_one_baseline_per_shape_with_the_rows_stride(tmp_path):
+    run = read_reports(run_in_process(layer_args(tmp_path / "out", size="8,6", stride="2")),
+                       tmp_path / "out")
+    assert run.rc == 0, run.err
+    measured = [r for r in run.rows if r["role"] == "measured"]
+    baselines = [r for r in run.rows if r["role"] == "baseline"]
+    assert [(r["height"], r["stride"]) for r in measured] == [("8", "2"), ("6", "2")]
+    assert [(r["op"], r["k"], r["height"], r["stride"]) for r in baselines] == [
+        ("conv", "3", "8", "2"), ("conv", "3", "6", "2")]
+    for row, base in zip(measured, baselines, strict=True):
+        assert row["baseline"] == base["name"]
+
+
 def test_layer_without_out_writes_timestamped_reports(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = run_in_process(layer_args(None, "--quiet"))

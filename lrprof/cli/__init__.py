@@ -81,6 +81,7 @@ def failures(records) -> int:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: runs the app and turns every usage error into one line and status 2."""
+    layer.refresh()  # operators registered since import get their options
     command = typer.main.get_command(app)
     args = sys.argv[1:] if args is None else list(args)
     _invocation[:] = args

@@ -112,6 +112,12 @@ def layer(**options: Any) -> None:
     raise typer.Exit(failures(records))
 
 
-layer.__signature__ = _signature()  # type: ignore[attr-defined]
-layer.__annotations__ = {name: p.annotation for name, p in layer.__signature__.parameters.items()}
+def refresh() -> None:
+    """Options from the operators registered now (one registered after import, by a test or
+    a user's package, gets its options on the next invocation)."""
+    layer.__signature__ = _signature()  # type: ignore[attr-defined]
+    layer.__annotations__ = {name: p.annotation for name, p in layer.__signature__.parameters.items()}
+
+
+refresh()
 app.command("layer", help=HELP)(layer)

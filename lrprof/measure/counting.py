@@ -127,6 +127,9 @@ class _Tally:
                 self.module[(module, phase)] += work.macs
 
     def _track_storage(self, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """Follow memory from dispatched allocations: a write by a dispatched op clears it,
+        a read of it before any such write is an opaque kernel's doing. Views (detach, view,
+        expand...) read nothing; they share the storage's state."""
         written: set[int] = set()
         read: list[torch.Tensor] = []
         arguments = func._schema.arguments
@@ -140,18 +143,17 @@ class _Tally:
                 written.update(k for k in map(_storage_key, tensors) if k)
             else:
                 read += tensors
+        out_keys = {_storage_key(t) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)}
+        aliasing = getattr(func, "is_view", False) or name in ALLOCATIONS
         for t in read:
             key = _storage_key(t)
-            if key in self.unwritten and key not in written and name not in ALLOCATIONS:
+            if key in self.unwritten and key not in written and key not in out_keys and not aliasing:
                 self.opaque.append(f"{name} read memory from {self.unwritten.pop(key)} that no "
                                    "dispatched op wrote (a kernel outside the dispatcher?)")
         for key in written:
             self.unwritten.pop(key, None)
         inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
-            key = _storage_key(t)
+        for key in out_keys:
             if key is None or key in inputs:
                 continue  # a view of an input keeps the input's state
             if name in ALLOCATIONS:
