@@ -89,7 +89,8 @@ def render_terminal(report: Report) -> str:
 def render_markdown(report: Report) -> str:
     parts = [f"# lrprof {report.command}", ""]
     parts += [f"- {line}" for line in environment_lines(report)]
-    parts += [f"- created {report.created}", f"- command: `lrprof {' '.join(report.argv)}`", ""]
+    command = f"`lrprof {' '.join(report.argv)}`" if report.argv else "the Python API (no command line)"
+    parts += [f"- created {report.created}", f"- command: {command}", ""]
     for section in (s for s in report.sections if s.show != "terminal"):
         parts += [f"## {section.title}", "", _table(section.rows, "github"), ""]
         if section.note:
