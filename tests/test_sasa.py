@@ -196,11 +196,12 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("method", ["shift", "unfold"])
 @pytest.mark.parametrize("rel_logits", ["factored", "per-position"])
 @pytest.mark.parametrize("b,c,h,w,k,heads,s", CASES)
-def test_layer_matches_the_naive_loops(b, c, h, w, k, heads, s, rel_logits):
+def test_layer_matches_the_naive_loops(b, c, h, w, k, heads, s, rel_logits, method):
     seed = hash((b, c, h, w, k, heads, s)) % 2**31
-    layer = randomised(SelfAttention2d(c, k, heads, s, rel_logits), seed)
+    layer = randomised(SelfAttention2d(c, k, heads, s, rel_logits, method), seed)
     x = torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     with torch.no_grad():
         got = layer(x)
@@ -212,11 +213,12 @@ def test_layer_matches_the_naive_loops(b, c, h, w, k, heads, s, rel_logits):
     assert rel_err(got32, ref) < TOL32
 
 
+@pytest.mark.parametrize("method", ["shift", "unfold"])
 @pytest.mark.parametrize("variant", [{"zero_pad": True}, {"rel_on_values": True}, {"scale": 0.5}])
-def test_known_mistakes_are_told_apart(variant):
+def test_known_mistakes_are_told_apart(variant, method):
     """The check can fail: zero-padded keys, embeddings on the values, or scaled logits
     (1/sqrt(d) with d = 4) each give another output than the layer's."""
-    layer = randomised(SelfAttention2d(8, 3, 2, 1), seed=7)
+    layer = randomised(SelfAttention2d(8, 3, 2, 1, method=method), seed=7)
     x = torch.randn(1, 8, 5, 5, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     with torch.no_grad():
         got = layer(x)
@@ -272,10 +274,11 @@ COUNT_GRID = [
 ]
 
 
+@pytest.mark.parametrize("method", ["shift", "unfold"])
 @pytest.mark.parametrize("rel_logits", ["factored", "per-position"])
 @pytest.mark.parametrize("b,c,h,w,k,heads,s", COUNT_GRID)
-def test_layer_counted_equals_exact(b, c, h, w, k, heads, s, rel_logits):
-    layer = SelfAttention2d(c, k, heads, s, rel_logits).eval()
+def test_layer_counted_equals_exact(b, c, h, w, k, heads, s, rel_logits, method):
+    layer = SelfAttention2d(c, k, heads, s, rel_logits, method).eval()
     counted = counting.count(layer, torch.randn(b, c, h, w))
     model = sasa_op.cost_of(c, h, w, k, heads, s, b, rel_logits)
     assert counted.uncounted == {} and counted.opaque == ()
@@ -364,18 +367,18 @@ def test_bad_input_is_one_line_and_exit_2(args, flag, allowed, tmp_path, capsys)
 
 
 def test_layer_command_profiles_sasa_rows(tmp_path, capsys):
-    """Both relative-logit formulations at stride 1 and 2: counted == exact, parameters ==
-    model and the output == the float64 reference, for each row."""
+    """Both implementations, both relative-logit formulations, stride 1 and 2: counted ==
+    exact, parameters == model and the output == the float64 reference, for each row."""
     import json
 
     out = tmp_path / "out"
-    rc = main(_layer("--op", "sasa", "--channels", "16", "--k", "3", "--heads", "4", "--stride", "1,2",
-                     "--rel-logits", "factored,per-position", "--out", str(out)))
+    rc = main(_layer("--op", "sasa", "--impl", "all", "--channels", "16", "--k", "3", "--heads", "4",
+                     "--stride", "1,2", "--rel-logits", "factored,per-position", "--out", str(out)))
     capsys.readouterr()
     assert rc == 0
     records = [r for r in json.loads((out / "layer.json").read_text())["records"]
                if r["config"]["op"] == "sasa"]
-    assert len(records) == 4
+    assert len(records) == 8 and {r["config"]["impl"] for r in records} == {"shift", "unfold"}
     for r in records:
         assert r["checks"]["verdict"] == "ok", r["checks"]
         assert r["exact"]["fwd_MACs"] == r["exact"]["exact_MACs"]
@@ -385,7 +388,8 @@ def test_layer_command_profiles_sasa_rows(tmp_path, capsys):
 def test_schema_resolves_the_defaults():
     spec = resolve_spec(LayerSpec(op="sasa", channels=64, height=8, width=8))
     assert dict(spec.params) == {"k": 7, "heads": 8, "stride": 1, "rel_logits": "factored"}
-    assert spec.label().startswith("sasa[unfold] k=7 heads=8 s=1 C=64")
+    assert spec.label().startswith("sasa[shift] k=7 heads=8 s=1 C=64")
+    assert get_op("sasa").reference_impl == "unfold"
     stem = resolve_spec(LayerSpec(op="sasa-stem", channels=3, height=8, width=8))
     assert dict(stem.params)["out_channels"] == 64
     assert get_op("sasa").schema.get("stride").choices == (1, 2)

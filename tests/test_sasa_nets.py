@@ -52,6 +52,7 @@ def test_block_counts_layers_and_strides(name):
                 layer = block.conv2
                 assert isinstance(layer, SelfAttention2d)
                 assert (layer.kernel_size, layer.heads, layer.stride) == (7, 8, stride)
+                assert layer.method == "shift"
             else:
                 assert isinstance(block.conv2, nn.Conv2d) and block.conv2.kernel_size == (3, 3)
                 assert block.conv2.stride == (stride, stride)
@@ -148,7 +149,8 @@ def test_odd_input_counts_stage_by_stage():
 
 
 @pytest.mark.parametrize("option,value", [("k", 4), ("heads", 3), ("heads", 64), ("stem", "x"),
-                                          ("rel_logits", "full"), ("stem_values", "x"), ("m", 4)])
+                                          ("rel_logits", "full"), ("stem_values", "x"), ("impl", "x"),
+                                          ("m", 4)])
 def test_bad_options_name_the_option(option, value):
     with pytest.raises(SpecError) as info:
         NetSpec("sasa50", options=((option, value),)).validate()

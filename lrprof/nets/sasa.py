@@ -21,7 +21,7 @@ from torch import nn
 from lrprof.errors import SpecError
 from lrprof.nets import NetDef, PaperFigures, register_net
 from lrprof.nets.resnet import RESNET_WIDTHS, StagedNet, bottleneck_net, conv3x3, conv_stem
-from lrprof.ops.sasa import REL_LOGITS, SelfAttention2d, heads_problem
+from lrprof.ops.sasa import METHODS, REL_LOGITS, SelfAttention2d, heads_problem
 from lrprof.ops.sasa_stem import VALUES, AttentionStem2d
 
 SASA_DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
@@ -40,7 +40,7 @@ def attention_stem(rel_logits: str = "factored", values: str = "mixed") -> nn.Se
 
 
 def sasa_resnet(depth: int, k: int = 7, heads: int = 8, stem: str = "conv",
-                rel_logits: str = "factored", stem_values: str = "mixed",
+                rel_logits: str = "factored", stem_values: str = "mixed", impl: str = "shift",
                 num_classes: int = 1000) -> StagedNet:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K or k % 2 == 0:
         raise SpecError("k", f"must be an odd integer in 1..{MAX_K}", k)
@@ -53,9 +53,11 @@ def sasa_resnet(depth: int, k: int = 7, heads: int = 8, stem: str = "conv",
         raise SpecError("rel_logits", f"one of {', '.join(REL_LOGITS)}", rel_logits)
     if stem_values not in VALUES:
         raise SpecError("stem_values", f"one of {', '.join(VALUES)}", stem_values)
+    if impl not in METHODS:
+        raise SpecError("impl", f"one of {', '.join(METHODS)}", impl)
 
     def spatial(width: int, stride: int) -> SelfAttention2d:
-        return SelfAttention2d(width, k, heads, stride, rel_logits)
+        return SelfAttention2d(width, k, heads, stride, rel_logits, impl)
 
     stem_module = conv_stem() if stem == "conv" else attention_stem(rel_logits, stem_values)
     return bottleneck_net(stem_module, 64, SASA_DEPTHS[depth], RESNET_WIDTHS, spatial, num_classes)
@@ -67,7 +69,7 @@ def conv_resnet(depth: int, num_classes: int = 1000) -> StagedNet:
 
 def _options(stem: str) -> dict:
     return {"k": 7, "heads": 8, "stem": stem, "rel_logits": "factored", "stem_values": "mixed",
-            "num_classes": 1000}
+            "impl": "shift", "num_classes": 1000}
 
 
 def _table(what: str, gflops: float, params_m: float) -> PaperFigures:
@@ -92,7 +94,8 @@ FULL_CHOICES = (
 NOTES = (
     "SASA: ResNet v1.5 bottlenecks, every spatial 3x3 replaced by 7x7 self-attention, 8 heads; a "
     "2x2/2 average pool after it where the conv had stride 2; relative row/column embeddings "
-    "(d/2 each) shared by the heads; logits not scaled.",
+    "(d/2 each) shared by the heads; logits not scaled; the attention layers run lrprof's shift "
+    "implementation (impl=unfold: the same MACs, k^2 buffers).",
     "SASA prints FLOPs (2 per MAC); its table converts to MACs here.",
 )
 FULL_NOTES = NOTES + (
