@@ -167,7 +167,8 @@ def test_profile_net_small():
     """The whole path at 32x32, per layer: both operators cost their layers exactly; the
     paper check is counted at 224x224 whatever the input."""
     timing = TimingOptions(warmup=1, warmup_s=0, min_runs=2, min_time_s=0.01)
-    options = NetOptions(per_layer=True, hooked_runs=2, stock_counters=False, timing=timing)
+    options = NetOptions(per_layer=True, hooked_runs=2, memory_runs=1, stock_counters=False,
+                         timing=timing)
     profile = profile_net(NetSpec("sasa26-full", height=32, width=32), options)
     net = profile.net
     assert net.error is None

@@ -264,8 +264,9 @@ def _register() -> None:
         spatial=False,  # changes the channel count: no like-for-like 3x3 conv baseline
         stride_param=None,
         cost_text=("B*HpWp*C*(2*C_in (q, k) + C_in (values, mixed; M*C_in + M per-mixture) + b^2 "
-                   "(q.k) + b (q.r, factored; b^2 per-position) + b^2 (weighted sum)) + b^2*M*C*(C_in "
-                   "+ 1) once (mixed); B*heads*b^2*HpWp + b^2*M softmax exps"),
+                   "(q.k) + b (q.r, factored; b^2 per-position) + b^2 (weighted sum)), Hp, Wp padded "
+                   "to whole blocks; once a forward: b^2*M*C (mixture weights) + b^2*M*C*C_in (mixed "
+                   "matrices, mixed only); B*heads*b^2*HpWp + b^2*M softmax exps"),
     ))
 
 
