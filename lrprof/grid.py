@@ -30,6 +30,7 @@ class Invalid:
 
     spec: LayerSpec
     reason: str
+    error: SpecError | None = None
 
 
 @dataclass
@@ -127,8 +128,12 @@ def layer_grid(ops: str | Sequence[str], params: Mapping[str, str | Sequence[Any
 
 def resolve_grid(grid: Grid) -> Grid:
     """Every spec resolved and validated for its device (defaults filled in, as its row's
-    identity records them); the combinations that fail validation listed with their reason
-    instead of raised, and two spellings of one configuration kept once."""
+    identity records them); two spellings of one configuration kept once.
+
+    A combination that fails validation is listed with its reason instead of raised
+    (stride 2 with k 1). A value that fails in every combination it appears in, on its own
+    parameter (an even k, an unknown phi), is a mistake in the input, not a combination:
+    its SpecError is raised, as `layer` would."""
     from lrprof.layer import prepare_spec
 
     out = Grid([], dict(grid.unavailable), list(grid.invalid))
@@ -138,13 +143,37 @@ def resolve_grid(grid: Grid) -> Grid:
             resolved = prepare_spec(spec)
         except SpecError as exc:
             shown = "" if exc.got is None else f" (got {exc.got!r})"
-            out.invalid.append(Invalid(spec, f"{exc.param}: {exc.allowed}{shown}"))
+            out.invalid.append(Invalid(spec, f"{exc.param}: {exc.allowed}{shown}", exc))
             continue
         key = config_key(resolved.config())
         if key not in seen:
             seen.add(key)
             out.specs.append(resolved)
+    _raise_values_no_row_takes(grid.specs, out.invalid)
     return out
+
+
+def _given(spec: LayerSpec, name: str) -> Any:
+    value = dict(spec.params).get(name)
+    return getattr(spec, name, None) if value is None else value
+
+
+def _raise_values_no_row_takes(specs: list[LayerSpec], invalid: list[Invalid]) -> None:
+    rows_with: dict[tuple[str, str], int] = {}
+    for spec in specs:
+        names = {n for n, _ in spec.params} | {"channels", "batch", "dtype", "impl"}
+        for name in names:
+            key = (name, str(_given(spec, name)))
+            rows_with[key] = rows_with.get(key, 0) + 1
+    failing: dict[tuple[str, str], list[Invalid]] = {}
+    for entry in invalid:
+        if entry.error is None:
+            continue
+        name = entry.error.param.replace("-", "_")
+        failing.setdefault((name, str(_given(entry.spec, name))), []).append(entry)
+    for key, entries in failing.items():
+        if rows_with.get(key) == len(entries):
+            raise entries[0].error
 
 
 def config_key(config: Mapping[str, Any]) -> str:

@@ -56,17 +56,19 @@ def operator_params() -> dict[str, Any]:
     return found
 
 
-def _signature() -> inspect.Signature:
-    reserved = {name for name, *_ in COMMON} | {name for name, *_ in FLAGS}
+def command_signature(common: list[tuple] = COMMON, flags: list[tuple] = FLAGS) -> inspect.Signature:
+    """The options of a command that takes every operator's parameters (`layer`, `sweep`):
+    `common` entries are (name, type, default, help[, flag]), `flags` (name, flag, default, help)."""
+    reserved = {name for name, *_ in common} | {name for name, *_ in flags}
     params = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                          annotation=Annotated[kind, typer.Option(help=text)])
-        for name, kind, default, text in COMMON
+                          annotation=Annotated[kind, typer.Option(*decls, help=text)])
+        for name, kind, default, text, *decls in common
     ]
     params += [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                           annotation=Annotated[bool, typer.Option(flag, help=text)])
-        for name, flag, default, text in FLAGS
+        for name, flag, default, text in flags
     ]
     for name, entry in sorted(operator_params().items()):
         if name in reserved:
@@ -112,6 +114,6 @@ def layer(**options: Any) -> None:
     raise typer.Exit(failures(records))
 
 
-layer.__signature__ = _signature()  # type: ignore[attr-defined]
+layer.__signature__ = command_signature()  # type: ignore[attr-defined]
 layer.__annotations__ = {name: p.annotation for name, p in layer.__signature__.parameters.items()}
 app.command("layer", help=HELP)(layer)
