@@ -139,6 +139,12 @@ def _shape_label(config: dict[str, Any]) -> str:
     return f"C={config.get('channels')}, {config.get('height')}x{config.get('width')}"
 
 
+def _sort_key(value: Any) -> tuple:
+    """Numbers in numeric order (C=64 before C=128), anything else after, as text."""
+    items = value if isinstance(value, tuple) else (value,)
+    return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in items)
+
+
 def _group(records: Sequence[Record], key: Callable[[Record], Any]) -> dict[Any, list[Record]]:
     out: dict[Any, list[Record]] = {}
     for r in records:
@@ -167,7 +173,7 @@ def plot_vs_param(records: Sequence[Record], param: str, path: Path, facts: str,
     ncols = len(panels)
     fig = _figure(3.2 * ncols + 2.8, 6.4)
     axes = fig.subplots(2, ncols, squeeze=False, sharex=True)
-    for col, (shape, panel_rows) in enumerate(sorted(panels.items(), key=lambda i: str(i[0]))):
+    for col, (shape, panel_rows) in enumerate(sorted(panels.items(), key=lambda i: _sort_key(i[0]))):
         title = shape if isinstance(shape, str) else _shape_label(panel_rows[0].config)
         for label, series in sorted(_group(panel_rows, lambda r: _series_label(r.config, fields)).items()):
             series = sorted(series, key=lambda r: r.config[param])
@@ -198,9 +204,11 @@ def plot_vs_param(records: Sequence[Record], param: str, path: Path, facts: str,
     title = f"Latency and MACs vs {param}"
     fig.suptitle(f"{title}\n{facts}", fontsize=10)
     _save(fig, path)
+    others = [f for f in fields if f not in ("op", "impl")]
+    lines = f"one line per operator and combination of {', '.join(others)}" if others \
+        else "one line per operator and implementation"
     return Plot(path, title, f"forward latency (ms, log scale) and counted MACs (log scale) against "
-                             f"{param}, one panel per input shape, one line per combination of "
-                             f"{', '.join(f for f in fields if f not in ('op', 'impl')) or 'operator'}")
+                             f"{param}, one panel per input shape, {lines}")
 
 
 # ---- latency against MACs -----------------------------------------------------------------
@@ -245,26 +253,50 @@ def plot_latency_vs_macs(records: Sequence[Record], fits: Sequence[GroupFit], pa
 # ---- the non-local vs local crossover -----------------------------------------------------
 
 
-def crossovers(records: Sequence[Record], global_ops: Sequence[str] = GLOBAL_OPS) -> list[str]:
-    """Where a global operator's latency overtakes a local one's as H x W grows, per channel
-    count, by log-linear interpolation between the measured sizes."""
-    lines = []
+@dataclass(frozen=True)
+class Crossing:
+    """Where, over H x W, a global operator's latency crosses a local one's."""
+
+    channels: Any
+    global_label: str
+    local_label: str
+    pixels: float | None  # None: no crossing within the measured sizes
+    between: tuple[int, int]  # the measured sizes around it (or the range measured)
+    global_slower_after: bool  # past the crossing (or everywhere) the global one is slower
+
+    def text(self) -> str:
+        side = "slower" if self.global_slower_after else "faster"
+        low, high = self.between
+        if self.pixels is None:
+            return (f"C={self.channels}: {self.global_label} is {side} than {self.local_label} at "
+                    f"every measured size ({low:,}-{high:,} pixels)")
+        edge = math.sqrt(self.pixels)
+        return (f"C={self.channels}: {self.global_label} becomes {side} than {self.local_label} at "
+                f"about {self.pixels:,.0f} pixels (~{edge:.0f}x{edge:.0f}), between the measured "
+                f"{low:,} and {high:,}")
+
+
+def crossings(records: Sequence[Record], global_ops: Sequence[str] = GLOBAL_OPS) -> list[Crossing]:
+    """For each channel count, global operator and local operator measured at 2+ common
+    sizes: the first size where their latencies cross, by log-linear interpolation of
+    the latency ratio between the measured sizes (exact for two power laws)."""
+    found = []
     for (channels, g_label, l_label), points in _pairs(records, global_ops).items():
         for (a_px, a_ratio), (b_px, b_ratio) in zip(points, points[1:], strict=False):
             if (a_ratio - 1) * (b_ratio - 1) < 0 or a_ratio == 1:
                 t = math.log(1 / a_ratio) / math.log(b_ratio / a_ratio) if a_ratio != b_ratio else 0.0
                 px = math.exp(math.log(a_px) + t * (math.log(b_px) - math.log(a_px)))
-                lines.append(f"C={channels}: {g_label} overtakes {l_label} at about {px:,.0f} pixels "
-                             f"(~{math.sqrt(px):.0f}x{math.sqrt(px):.0f}), between the measured "
-                             f"{a_px:,} and {b_px:,}")
+                found.append(Crossing(channels, g_label, l_label, px, (a_px, b_px), b_ratio > 1))
                 break
         else:
-            if points:
-                ratio = points[-1][1]
-                side = "slower" if ratio > 1 else "faster"
-                lines.append(f"C={channels}: {g_label} is {side} than {l_label} at every measured size "
-                             f"({points[0][0]:,}-{points[-1][0]:,} pixels)")
-    return lines
+            found.append(Crossing(channels, g_label, l_label, None, (points[0][0], points[-1][0]),
+                                  points[-1][1] > 1))
+    return found
+
+
+def crossovers(records: Sequence[Record], global_ops: Sequence[str] = GLOBAL_OPS) -> list[str]:
+    """The crossings in words, one line each (the report's and the plot's caption)."""
+    return [c.text() for c in crossings(records, global_ops)]
 
 
 def _pairs(records: Sequence[Record], global_ops: Sequence[str]) -> dict[tuple, list[tuple[int, float]]]:
@@ -305,6 +337,7 @@ def plot_crossover(records: Sequence[Record], path: Path, facts: str,
     pairs = _pairs(records, global_ops)
     if not pairs:
         return None
+    found = crossings(records, global_ops)
     channels = sorted({c for c, _, _ in pairs})
     fig = _figure(4.6 * len(channels) + 0.6, 4.8)
     axes = fig.subplots(1, len(channels), squeeze=False)[0]
@@ -327,6 +360,12 @@ def plot_crossover(records: Sequence[Record], path: Path, facts: str,
             if any(len(at[p]) > 1 for p in px):
                 ax.fill_between(px, [min(at[p]) for p in px], [max(at[p]) for p in px],
                                 color=colors[label], alpha=0.12)
+        for crossing in (x for x in found if x.channels == c and x.pixels):
+            ax.axvline(crossing.pixels, color="grey", linestyle=":", linewidth=1)
+            edge = math.sqrt(crossing.pixels)
+            ax.annotate(f"{crossing.global_label} = {crossing.local_label}\n~{edge:.0f}x{edge:.0f}",
+                        (crossing.pixels, 0.02), xycoords=("data", "axes fraction"), fontsize=7,
+                        color="dimgrey", ha="left", xytext=(3, 0), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
         _log_axis(ax.xaxis)
@@ -339,7 +378,7 @@ def plot_crossover(records: Sequence[Record], path: Path, facts: str,
     title = "Global vs local operators over H x W"
     fig.suptitle(f"{title}\n{facts}", fontsize=10)
     _save(fig, path)
-    text = "; ".join(crossovers(records, global_ops))
+    text = "; ".join(c.text() for c in found)
     return Plot(path, title, "forward latency against the number of pixels, dashed: the global "
                              f"operator(s) {', '.join(global_ops)}; shaded: the range over other "
                              f"parameters. {text}")

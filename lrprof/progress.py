@@ -9,8 +9,10 @@ the stream is not a terminal (CI logs, Slurm logs, a file); nothing when quiet.
             progress.advance(ok, row.name)    # one step done, failed or not
 
 Items already done before this run (a resumed sweep) are given as `done`: they count
-toward the total but not toward the ETA, which is the mean time of this run's items
-times the items left.
+toward the total but not toward the ETA. The ETA is this run's time per unit of work
+times the work left: each item is one unit, unless the caller knows better and gives
+`total_work` and each item's `work` (a sweep weighs its rows by their estimated cost, so
+a grid whose big rows come last does not promise an early finish).
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ class Progress:
     """A progress reporter; use it as a context manager. `stream` defaults to stderr."""
 
     def __init__(self, total: int, what: str = "rows", stream: TextIO | None = None,
-                 quiet: bool = False, done: int = 0, title: str = "") -> None:
+                 quiet: bool = False, done: int = 0, title: str = "",
+                 total_work: float | None = None) -> None:
         self.total = total
+        self.total_work = total_work if total_work is not None else float(total - done)
+        self.work_done = 0.0
         self.what = what
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet
@@ -60,9 +65,11 @@ class Progress:
         return time.perf_counter() - self._started
 
     def eta_s(self) -> float | None:
-        if self.measured == 0:
+        if self.measured == 0 or self.work_done <= 0:
             return None
-        return self.elapsed_s() / self.measured * max(0, self.total - self.done)
+        if self.done >= self.total:
+            return 0.0
+        return self.elapsed_s() / self.work_done * max(0.0, self.total_work - self.work_done)
 
     def status_text(self) -> str:
         failed = f", {self.failed} failed" if self.failed else ""
@@ -96,9 +103,11 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, description=label, **self._fields())
 
-    def advance(self, ok: bool = True, label: str = "", note: str = "") -> None:
-        """One item finished (`ok` False: it failed); `note` is added to its plain line."""
+    def advance(self, ok: bool = True, label: str = "", note: str = "", work: float = 1.0) -> None:
+        """One item finished (`ok` False: it failed); `note` is added to its plain line;
+        `work` is its share of `total_work`."""
         self.done += 1
+        self.work_done += work
         self.failed += 0 if ok else 1
         label = label or self.current
         if self.quiet:

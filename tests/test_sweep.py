@@ -368,11 +368,17 @@ def test_progress_writes_plain_lines_on_a_non_terminal_stream():
     assert quiet.getvalue() == ""
 
 
-def test_eta_is_the_mean_time_of_this_run_times_the_rows_left():
+def test_eta_is_this_runs_time_per_unit_of_work_times_the_work_left():
     progress = Progress(total=10, stream=io.StringIO(), done=4)
     progress._started -= 6.0  # 6 s in, 2 rows measured this run: 3 s a row, 4 left
-    progress.done = 6
+    progress.advance(True, "a")
+    progress.advance(True, "b")
     assert progress.eta_s() == pytest.approx(12.0, rel=0.05)
+    # weighted: 2 of 8 units done in 6 s, 6 units left
+    weighted = Progress(total=3, stream=io.StringIO(), total_work=8.0)
+    weighted._started -= 6.0
+    weighted.advance(True, "a", work=2.0)
+    assert weighted.eta_s() == pytest.approx(18.0, rel=0.05)
 
 
 # ---- fits and plots -------------------------------------------------------------------------
@@ -435,6 +441,17 @@ def test_plots_are_written_and_the_crossover_found_where_it_is(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     lines = crossovers(records, global_ops=("conv",))
     # against lr's median line (k=5) the ratio is px / 2048: log-linear interpolation is exact
-    assert lines == ["C=16: conv[torch] overtakes lr[unfold] at about 2,048 pixels (~45x45), between "
-                     "the measured 1,024 and 4,096"]
+    assert lines == ["C=16: conv[torch] becomes slower than lr[unfold] at about 2,048 pixels (~45x45), "
+                     "between the measured 1,024 and 4,096"]
     assert plot_bandwidth(records[:0], tmp_path / "none.png", "") is None
+
+
+@pytest.mark.cuda
+def test_a_sweep_on_cuda_measures_its_rows_in_a_worker(tmp_path):
+    config = SweepConfig(ops="lr", params={"k": "1,3"}, channels="8", size="8", device="cuda",
+                         options=FAST, isolate=True)
+    run = run_sweep(config, tmp_path, quiet=True)
+    assert run.measured == 2 and run.failed == 0 and run.restarts == 0
+    merged = merge_rows([run.path])
+    assert merged.environment.device.startswith("cuda")
+    assert all(r.config["device"] == "cuda" and r.latency["fwd"].runs >= 2 for r in merged.records)

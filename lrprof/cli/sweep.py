@@ -212,9 +212,24 @@ def _submit(config, plan, common: dict[str, Any], flags: dict[str, Any]) -> int:
     return EXIT_FAILED if failed else code
 
 
+def _plan(config, slurm: bool):
+    """The grid. With --slurm the rows run elsewhere: a device this machine lacks (a login
+    node without a GPU) is checked by the tasks, and the grid is checked here on the CPU."""
+    import dataclasses
+
+    from lrprof.sweep import plan_sweep
+
+    try:
+        return plan_sweep(config)
+    except SpecError as exc:
+        if not slurm or exc.param != "device":
+            raise
+        return plan_sweep(dataclasses.replace(config, device="cpu"))
+
+
 def sweep(**options: Any) -> None:
     from lrprof.merge import merge_rows
-    from lrprof.sweep import Shard, plan_sweep, run_sweep
+    from lrprof.sweep import Shard, run_sweep
 
     common = {name: options.pop(name) for name, *_ in COMMON}
     flags = {name: options.pop(name) for name, *_ in FLAGS}
@@ -233,7 +248,7 @@ def sweep(**options: Any) -> None:
         raise SpecError("retry-failed", "only with --resume", True)
     if flags["slurm"] and shard is not None:
         raise SpecError("shard", "not with --slurm (the array runs every shard; see --shards)", str(shard))
-    plan = plan_sweep(config)
+    plan = _plan(config, flags["slurm"])
     if flags["dry_run"]:
         typer.echo(dry_run_text(plan, shard))
         raise typer.Exit(EXIT_OK)

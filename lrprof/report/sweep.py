@@ -11,7 +11,7 @@ from typing import Any
 
 from lrprof.fits import GroupFit
 from lrprof.merge import Merged
-from lrprof.plots import Plot
+from lrprof.plots import GLOBAL_OPS, Plot, crossovers
 from lrprof.record import Report, Section
 from lrprof.report.layer import check_rows, summary_rows
 from lrprof.worker import failure_kind
@@ -126,6 +126,12 @@ def sweep_report(merged: Merged, fits: Sequence[GroupFit], plots: Sequence[Plot]
         Section("Where time departs most from the fit", departure_rows(fits),
                 "measured / fit above 1: slower than the power law predicts for that row's MACs"),
     ]
+    crossing_lines = crossovers(records)
+    if crossing_lines:
+        sections.append(Section(f"Global ({', '.join(GLOBAL_OPS)}) vs local operators over H x W",
+                                [{"where": line} for line in crossing_lines],
+                                "from the measured rows: the median latency over the other parameters "
+                                "at each size, interpolated log-linearly between sizes"))
     if plots:
         sections.append(Section("Plots", plot_rows(plots, plot_dir), show="markdown"))
     sections.append(Section("Sweep", coverage_rows(merged, wall_s)))
