@@ -260,7 +260,7 @@ def test_failing_rows_are_recorded_and_the_worker_replaced(tmp_path, faulty):
 
     modes = ["raise", "oom", "cuda", "exit", "hang", "ok"]
     config = SweepConfig(ops="faulty", params={"mode": ",".join(modes)}, channels="2", size="4",
-                         device="cpu", options=FAST, threads=1, timeout_s=8.0,
+                         device="cpu", options=FAST, threads=1, timeout_s=5.0,
                          imports=("sweep_faulty",), isolate=True)
     stream = io.StringIO()
     run = run_sweep(config, tmp_path, stream=stream)

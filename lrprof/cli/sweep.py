@@ -17,8 +17,8 @@ from lrprof.errors import InputError, SpecError
 HELP = """Measure a grid of layer configurations and check how cost grows against the model.
 
 Every parameter takes comma lists and ranges start:stop[:step] (stop included). Rows are
-appended to OUT/rows.jsonl as they finish; the report (OUT/sweep.md, .csv, .json, plots)
-follows. Examples:
+appended to OUT/rows.jsonl as they finish (OUT: reports/sweep-<grid id> unless --out);
+the report (OUT/sweep.md, .csv, .json, plots) follows. Examples:
 
   lrprof sweep --op lr --k 3,5,7,9 --m 1,2,4,8 --channels 64,128 --size 28,56 --stride 1,2
 
@@ -45,7 +45,8 @@ COMMON: list[tuple] = [
     ("memory_runs", int, 1, "peak-memory runs per row and phase (>= 1)"),
     ("timeout", float, 600.0, "seconds a row may take before its worker is stopped and the row "
                               "recorded as a timeout (0: no limit)"),
-    ("out", Path, Path("reports/sweep"), "directory for the rows file(s), the report and the plots"),
+    ("out", Path | None, None, "directory for the rows file(s), the report and the plots (default: "
+                               "reports/sweep-<grid id>, one directory per grid)"),
     ("shard", str | None, None, "I/N: measure only slice I of N (1-based; deterministic, balanced)"),
     ("imports", str | None, None, "module(s) to import first, comma-separated (a user's own operators)",
      "--import"),
@@ -254,9 +255,13 @@ def sweep(**options: Any) -> None:
         raise typer.Exit(EXIT_OK)
     if not plan.specs:
         raise InputError("no valid row in the grid: " + "; ".join(e["reason"] for e in _invalid(plan)[:3]))
+    common["out"] = common["out"] or Path("reports") / f"sweep-{plan.fingerprint()[:8]}"
     if flags["slurm"]:
         raise typer.Exit(_submit(config, plan, common, flags))
     out = out_dir(common["out"])
+    if not flags["quiet"]:
+        typer.echo(f"lrprof: {len(plan.specs)} rows{f' (shard {shard})' if shard else ''}, "
+                   f"{len(plan.invalid)} invalid combination(s) skipped; rows go to {out}", err=True)
     run = run_sweep(config, out, shard, resume=flags["resume"], retry_failed=flags["retry_failed"],
                     allow_mixed=flags["allow_mixed"], quiet=flags["quiet"], plan=plan)
     if shard is not None:
