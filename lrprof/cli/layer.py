@@ -56,17 +56,19 @@ def operator_params() -> dict[str, Any]:
     return found
 
 
-def _signature() -> inspect.Signature:
-    reserved = {name for name, *_ in COMMON} | {name for name, *_ in FLAGS}
+def command_signature(common: list[tuple] = COMMON, flags: list[tuple] = FLAGS) -> inspect.Signature:
+    """The options of a command that takes every operator's parameters (`layer`, `sweep`):
+    `common` entries are (name, type, default, help[, flag]), `flags` (name, flag, default, help)."""
+    reserved = {name for name, *_ in common} | {name for name, *_ in flags}
     params = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                          annotation=Annotated[kind, typer.Option(help=text)])
-        for name, kind, default, text in COMMON
+                          annotation=Annotated[kind, typer.Option(*decls, help=text)])
+        for name, kind, default, text, *decls in common
     ]
     params += [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                           annotation=Annotated[bool, typer.Option(flag, help=text)])
-        for name, flag, default, text in FLAGS
+        for name, flag, default, text in flags
     ]
     for name, entry in sorted(operator_params().items()):
         if name in reserved:
@@ -112,12 +114,28 @@ def layer(**options: Any) -> None:
     raise typer.Exit(failures(records))
 
 
+_SCHEMA_COMMANDS: list[tuple[Any, list[tuple], list[tuple]]] = []
+
+
+def _apply(fn: Any, common: list[tuple], flags: list[tuple]) -> None:
+    fn.__signature__ = command_signature(common, flags)
+    fn.__annotations__ = {name: p.annotation for name, p in fn.__signature__.parameters.items()}
+
+
+def schema_options(fn: Any, common: list[tuple] = COMMON, flags: list[tuple] = FLAGS) -> Any:
+    """Give a command its common options plus one option per operator parameter (kept in
+    step with the registry by `refresh`)."""
+    _SCHEMA_COMMANDS.append((fn, common, flags))
+    _apply(fn, common, flags)
+    return fn
+
+
 def refresh() -> None:
     """Options from the operators registered now (one registered after import, by a test or
     a user's package, gets its options on the next invocation)."""
-    layer.__signature__ = _signature()  # type: ignore[attr-defined]
-    layer.__annotations__ = {name: p.annotation for name, p in layer.__signature__.parameters.items()}
+    for fn, common, flags in _SCHEMA_COMMANDS:
+        _apply(fn, common, flags)
 
 
-refresh()
+schema_options(layer)
 app.command("layer", help=HELP)(layer)
