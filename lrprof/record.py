@@ -194,12 +194,17 @@ class Record:
 @dataclass
 class Section:
     """A table for people; machines read the records instead. `show`: "both", or only in
-    the "terminal" or only in the "markdown" rendering."""
+    the "terminal" or only in the "markdown" rendering. `essential`: the columns a terminal
+    keeps, in order, when the whole table does not fit (the markdown keeps every column).
+    `legend`: what a derived column means, printed with the markdown table."""
 
     title: str
     rows: list[dict[str, Any]]
     note: str = ""
     show: str = "both"
+    essential: tuple[str, ...] = ()
+    legend: dict[str, str] = field(default_factory=dict)
+    shorten: tuple[str, ...] = ()  # text columns a terminal may cut (the first one always)
 
 
 @dataclass
@@ -226,7 +231,8 @@ class Report:
             "environment": self.environment.to_dict(),
             "notes": self.notes,
             "records": [r.to_dict() for r in self.records],
-            "sections": [{"title": s.title, "note": s.note, "rows": s.rows, "show": s.show}
+            "sections": [{"title": s.title, "note": s.note, "rows": s.rows, "show": s.show,
+                          "essential": list(s.essential), "legend": s.legend}
                          for s in self.sections],
         }
 
@@ -236,7 +242,8 @@ class Report:
             command=data["command"],
             environment=Environment.from_dict(data["environment"]),
             records=[Record.from_dict(r) for r in data.get("records", [])],
-            sections=[Section(s["title"], s["rows"], s.get("note", ""), s.get("show", "both"))
+            sections=[Section(s["title"], s["rows"], s.get("note", ""), s.get("show", "both"),
+                              tuple(s.get("essential") or ()), dict(s.get("legend") or {}))
                       for s in data.get("sections", [])],
             notes=list(data.get("notes", [])),
             argv=list(data.get("argv", [])),

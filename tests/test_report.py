@@ -209,15 +209,15 @@ def test_terminal_table_shows_layer_and_verdict():
     text = render_terminal(report)
     assert text.startswith("lrprof layer - Test CPU (cpu, 2 threads), torch 9.9.9")
     assert "lr[unfold] k=3 m=4" in text
-    s = record.latency["fwd"]
-    assert f"{s.median_ms:.3f} [{s.q1_ms:.3f}-{s.q3_ms:.3f}] n=4" in text
+    assert "0.27 [0.18-0.36] n=4x100" in text  # two significant digits of the 0.18 ms IQR
     assert "ok" in text.split("Model check")[1]
 
 
 @pytest.mark.parametrize(
     "value,text",
-    [(None, ""), (True, "yes"), (False, "no"), (1234567, "1,234,567"), (0.5, "0.5"),
-     (2.5e7, "25,000,000"), (28349440.4, "28,349,440"), ("x", "x")],
+    [(None, ""), (True, "yes"), (False, "no"), (1234567, "1,234,567"), (0.5, "0.500"),
+     (2.5e7, "25,000,000"), (28349440.4, "28,349,440"), ("x", "x"), (20800.0, "20,800"),
+     (12.345, "12.3"), (0.957, "0.957"), (1.5e-7, "1.50e-7"), (float("nan"), "n/a"), (0.0, "0")],
 )
 def test_fmt(value, text):
     assert fmt(value) == text

@@ -6,48 +6,87 @@ import csv
 import datetime as _dt
 import io
 import json
-import math
 import os
+import shutil
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
 from lrprof.errors import SpecError
-from lrprof.measure.timing import Stats
-from lrprof.record import Report
+from lrprof.record import Report, Section
+from lrprof.report.numbers import fmt, latency_text  # noqa: F401  (re-exported for renderers)
 
 FORMATS = ("md", "csv", "json")
 
 
-def fmt(value: Any) -> str:
-    """Human formatting for tables: big counts get thousands separators, floats 4 digits."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        if abs(value) >= 1e6:
-            return f"{value:,.0f}"
-        if value != 0 and abs(value) < 1e-3:
-            return f"{value:.4g}"
-        return f"{value:,.4g}" if abs(value) >= 1000 else f"{value:.4g}"
-    return str(value)
-
-
-def _table(rows: list[dict[str, Any]], tablefmt: str) -> str:
-    if not rows:
-        return "(no rows)"
+def _headers(rows: list[dict[str, Any]]) -> list[str]:
     headers: list[str] = []
     for row in rows:
         headers += [h for h in row if h not in headers]
+    return headers
+
+
+def _table(rows: list[dict[str, Any]], tablefmt: str, headers: list[str] | None = None,
+           text_limit: int | None = None, header_width: int | None = None,
+           shorten: tuple[str, ...] = ()) -> str:
+    """A table; for terminals, `header_width` wraps long headers onto several lines and
+    `text_limit` cuts the text of the first column and the `shorten` ones (a row's name, a
+    verdict), never a number."""
+    if not rows:
+        return "(no rows)"
+    headers = headers or _headers(rows)
     body = [[fmt(row.get(h)) for h in headers] for row in rows]
-    return tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+    if text_limit is not None:
+        cut = [i for i, h in enumerate(headers) if i == 0 or h in shorten]
+        for line in body:
+            for i in cut:
+                if len(line[i]) > text_limit:
+                    line[i] = line[i][:text_limit - 1] + "…"
+    shown = headers
+    if header_width is not None:
+        widths = [max([len(line[i]) for line in body] + [1]) for i in range(len(headers))]
+        shown = ["\n".join(textwrap.wrap(h, max(header_width, w), break_on_hyphens=False)) or h
+                 for h, w in zip(headers, widths, strict=True)]
+    return tabulate(body, headers=shown, tablefmt=tablefmt, disable_numparse=True)
+
+
+def _width(text: str) -> int:
+    return max((len(line) for line in text.splitlines()), default=0)
+
+
+def fitted_table(section: Section, width: int) -> tuple[str, int]:
+    """The section's table for a terminal `width` columns wide: its essential columns (all
+    of them when it names none), then as many others as fit, headers wrapped onto several
+    lines; past that, row names are shortened. Returns the table and how many columns were
+    left out."""
+    every = _headers(section.rows)
+    if not every:
+        return _table(section.rows, "simple"), 0
+    essential = [h for h in section.essential if h in every] or every
+
+    def render(headers: list[str], text_limit: int | None = None) -> str:
+        return _table(section.rows, "simple", headers, text_limit, header_width=10,
+                      shorten=section.shorten)
+
+    chosen = list(essential)
+    for header in (h for h in every if h not in essential):  # the others, in order, while they fit
+        if _width(render([h for h in every if h in chosen or h == header])) <= width:
+            chosen.append(header)
+    headers = [h for h in every if h in chosen]  # the table's own column order
+    table = render(headers)
+    cut = [headers[0], *section.shorten]
+    limit = max((len(fmt(row.get(h))) for row in section.rows for h in cut), default=0)
+    while _width(table) > width and limit > 16:
+        limit -= 2
+        table = render(headers, limit)
+    return table, len(every) - len(headers)
+
+
+def terminal_width() -> int:
+    return shutil.get_terminal_size((120, 24)).columns
 
 
 def environment_lines(report: Report) -> list[str]:
@@ -66,24 +105,26 @@ def environment_lines(report: Report) -> list[str]:
     return lines
 
 
-def latency_text(stats: Stats | None, digits: int = 3) -> str:
-    """'12.345 [12.1-12.6] n=10', or n=10x100 when each run averages 100 calls."""
-    if stats is None:
-        return ""
-    runs = f"{stats.runs}x{stats.calls_per_run}" if stats.calls_per_run > 1 else f"{stats.runs}"
-    return (f"{stats.median_ms:.{digits}f} [{stats.q1_ms:.{digits}f}-{stats.q3_ms:.{digits}f}] "
-            f"n={runs}")
-
-
-def render_terminal(report: Report) -> str:
-    parts = [f"lrprof {report.command} - {report.environment.summary()}"]
+def render_terminal(report: Report, width: int | None = None) -> str:
+    """What fits a terminal `width` columns wide (default: this terminal's): each section's
+    essential columns, notes wrapped; the markdown and CSV keep everything."""
+    width = width or terminal_width()
+    parts = [_wrap(f"lrprof {report.command} - {report.environment.summary()}", width)]
+    left_out = 0
     for section in (s for s in report.sections if s.show != "markdown"):
-        parts.append(f"\n{section.title}")
-        parts.append(_table(section.rows, "simple"))
+        table, dropped = fitted_table(section, width)
+        left_out += dropped
+        parts += [f"\n{_wrap(section.title, width)}", table]
         if section.note:
-            parts.append(section.note)
-    parts += [f"note: {n}" for n in report.notes]
+            parts.append(_wrap(section.note, width))
+    parts += [_wrap(f"note: {n}", width, "  ") for n in report.notes]
+    if left_out:
+        parts.append(_wrap(f"({left_out} more columns in the markdown and CSV reports)", width))
     return "\n".join(parts)
+
+
+def _wrap(text: str, width: int, indent: str = "") -> str:
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False)) or text
 
 
 def render_markdown(report: Report) -> str:
@@ -95,6 +136,8 @@ def render_markdown(report: Report) -> str:
         parts += [f"## {section.title}", "", _table(section.rows, "github"), ""]
         if section.note:
             parts += [section.note, ""]
+        if section.legend:
+            parts += [f"- **{name}**: {meaning}" for name, meaning in section.legend.items()] + [""]
     if report.notes:
         parts += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
     return "\n".join(parts)

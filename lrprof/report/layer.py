@@ -11,16 +11,31 @@ import torch
 from lrprof.measure import device as device_facts
 from lrprof.record import Record, Report, Section
 from lrprof.report import latency_text
+from lrprof.report.numbers import fmt, mib
 
-MIB = 2**20
 MEMORY_NOTE = (
     "resident: on CUDA everything the allocator held before the call; on the CPU the module's "
     "weights and buffers plus the call's inputs (and output gradient for fwd_bwd)."
 )
-
-
-def _mib(value: int | None) -> float | None:
-    return None if value is None else value / MIB
+LAYER = "layer"
+FWD_MACS, BWD_MACS = "fwd MACs (M)", "bwd MACs (M)"
+FWD_MS, BWD_MS = "fwd ms, median [IQR] n", "fwd+bwd ms, median [IQR] n"
+FWD_MIB, BWD_MIB = "fwd peak (MiB)", "fwd+bwd peak (MiB)"
+FWD_VS, BWD_VS, MEM_VS = "fwd time / conv3x3", "fwd+bwd time / conv3x3", "fwd peak / conv3x3"
+LAYER_LEGEND = {
+    "work ratio": "counted MACs / the operator's exact minimal MACs: 1 when the implementation does "
+                  "exactly the operator's work, above 1 when it does more (recomputes, wastes); below "
+                  "1 is a failure (a counting rule or the model is wrong)",
+    FWD_MS: "milliseconds per call: median [first-third quartile] over n timed runs (RxC: R runs, "
+            "each the mean of C calls), digits to the precision the quartiles support",
+    FWD_MIB: "peak MiB allocated during one call, above what was resident before it",
+    FWD_VS: "this row's median over the dense 3x3 conv of the same channels, size, stride, batch, "
+            "dtype and device, timed in the same interleaved schedule",
+    MEM_VS: "this row's peak memory over that 3x3 conv's",
+    "output error": "max |y - y_ref| / max |y_ref| against the operator's reference implementation in "
+                    "float64, same weights and input",
+    "fwd GMAC/s": "counted forward MACs / forward median latency",
+}
 
 
 def _m(value: float | int | None) -> float | None:
@@ -33,26 +48,27 @@ def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
     rows = []
     for r in records:
         row: dict[str, Any] = {
-            "layer": r.name,
+            LAYER: r.name,
+            "dtype": r.config.get("dtype"),
             "role": r.derived.get("role"),
             "params": r.exact.get("params"),
-            "fwd MACs (M)": _m(r.exact.get("fwd_MACs")),
-            "work ratio (counted / exact MACs)": r.checks.get("work_ratio"),
-            "fwd ms median [IQR] n": latency_text(r.latency.get("fwd")),
+            FWD_MACS: _m(r.exact.get("fwd_MACs")),
+            "work ratio": r.checks.get("work_ratio"),
+            FWD_MS: latency_text(r.latency.get("fwd")),
         }
         if backward:
-            row["bwd MACs (M)"] = _m(r.exact.get("bwd_MACs"))
-            row["fwd+bwd ms median [IQR] n"] = latency_text(r.latency.get("fwd_bwd"))
-        row["fwd peak MiB"] = _mib(r.memory["fwd"].peak_bytes) if "fwd" in r.memory else None
+            row[BWD_MACS] = _m(r.exact.get("bwd_MACs"))
+            row[BWD_MS] = latency_text(r.latency.get("fwd_bwd"))
+        row[FWD_MIB] = mib(r.memory["fwd"].peak_bytes) if "fwd" in r.memory else None
         if backward:
             m = r.memory.get("fwd_bwd")
-            row["fwd+bwd peak MiB"] = _mib(m.peak_bytes) if m else None
+            row[BWD_MIB] = mib(m.peak_bytes) if m else None
         if baseline:
-            row["fwd latency / 3x3 conv"] = r.derived.get("fwd_latency_vs_baseline")
+            row[FWD_VS] = r.derived.get("fwd_latency_vs_baseline")
             if backward:
-                row["fwd+bwd latency / 3x3 conv"] = r.derived.get("fwd_bwd_latency_vs_baseline")
-            row["fwd peak / 3x3 conv"] = r.derived.get("fwd_peak_vs_baseline")
-        row["output rel. error"] = r.checks.get("output_max_rel_err")
+                row[BWD_VS] = r.derived.get("fwd_bwd_latency_vs_baseline")
+            row[MEM_VS] = r.derived.get("fwd_peak_vs_baseline")
+        row["output error"] = r.checks.get("output_max_rel_err")
         row["fwd GMAC/s"] = r.derived.get("fwd_GMAC_per_s")
         row["verdict"] = r.checks.get("verdict")
         if r.error:
@@ -61,19 +77,34 @@ def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
     return rows
 
 
+def summary_essentials(records: list[Record]) -> tuple[str, ...]:
+    backward = any("fwd_bwd" in r.latency for r in records)
+    return (LAYER, FWD_MACS, FWD_MS, *((BWD_MS,) if backward else ()), FWD_MIB, FWD_VS, "verdict",
+            "error")
+
+
+CHECK_LEGEND = {
+    "published MACs": "the operator's published complexity model evaluated at this configuration",
+    "counted / published": "counted MACs over the published model; 'expected band' is where the authors' "
+                           "model should put it (outside it is stated, not a failure)",
+    "exps counted/exact": "exponentials (softmax), counted apart from MACs, against the exact model",
+    "output error (tolerance)": "relative error against the float64 reference, and the dtype's tolerance",
+}
+
+
 def check_rows(records: list[Record]) -> list[dict[str, Any]]:
     rows = []
     for r in records:
         row = {
-            "layer": r.name,
+            LAYER: r.name,
             "counted fwd MACs": r.exact.get("fwd_MACs"),
             "exact MACs": r.exact.get("exact_MACs"),
             "work ratio": r.checks.get("work_ratio"),
-            "published model MACs": r.exact.get("paper_O_MACs"),
+            "published MACs": r.exact.get("paper_O_MACs"),
             "counted / published": r.checks.get("counted_over_paper_O"),
             "expected band": r.checks.get("paper_O_band"),
-            "exps counted/exact": f"{r.exact.get('fwd_exps')}/{r.exact.get('exact_exps')}",
-            "output rel. error (tolerance)": _error_text(r),
+            "exps counted/exact": f"{fmt(r.exact.get('fwd_exps'))}/{fmt(r.exact.get('exact_exps'))}",
+            "output error (tolerance)": _error_text(r),
             "verdict": r.checks.get("verdict", r.error),
         }
         if "bwd_MACs" in r.exact:
@@ -84,7 +115,7 @@ def check_rows(records: list[Record]) -> list[dict[str, Any]]:
 
 def _error_text(r: Record) -> str:
     err, tol = r.checks.get("output_max_rel_err"), r.checks.get("output_tolerance")
-    return "" if err is None else f"{err:.2g} ({tol:g})"
+    return "" if err is None else f"{fmt(err)} ({fmt(tol)})"
 
 
 def stock_rows(records: list[Record]) -> list[dict[str, Any]]:
@@ -130,13 +161,13 @@ def memory_rows(records: list[Record]) -> list[dict[str, Any]]:
     for r in records:
         for phase, m in r.memory.items():
             rows.append({
-                "layer": r.name,
+                LAYER: r.name,
                 "phase": phase,
-                "peak above resident (bytes)": m.peak_bytes,
-                "min-max (bytes)": f"{m.min_bytes}-{m.max_bytes}",
+                "peak above resident (MiB)": mib(m.peak_bytes),
+                "min-max (MiB)": f"{fmt(mib(m.min_bytes))}-{fmt(mib(m.max_bytes))}",
                 "runs": m.runs,
-                "resident before the call (bytes)": m.resident_bytes,
-                "operator's activations, analytic (bytes)": r.derived.get("analytic_activation_bytes"),
+                "resident before the call (MiB)": mib(m.resident_bytes),
+                "operator's activations, analytic (MiB)": mib(r.derived.get("analytic_activation_bytes")),
                 "method": m.method,
             })
     return rows
@@ -154,15 +185,17 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
         device = records[0].detail.get("device", records[0].config["device"]) if records else "cpu"
         environment = device_facts.collect(torch.device(device))
     sections = [
-        Section("Layers", summary_rows(records),
-                "latency: milliseconds per call, median [first-third quartile], n timed runs "
-                "(RxC: R runs, each the mean of C calls); rows timed in one interleaved schedule; "
-                "'/ 3x3 conv': ratio to the dense 3x3 convolution of the same shape, same run"),
-        Section("Model check (MACs: multiply-accumulates, 1 MAC = 2 FLOPs)", check_rows(records),
-                "work ratio: counted / exact minimal MACs (above 1: the implementation does more than "
-                "the operator needs); published model: the operator's authors' complexity formula; "
-                "expected band: where counted / published should lie"),
-        Section("What stock counters see (same forward pass, by op family)", stock_rows(records)),
+        Section("Layers (MACs: multiply-accumulates, 1 MAC = 2 FLOPs)", summary_rows(records),
+                "rows timed in one interleaved schedule; conv3x3: the dense 3x3 conv of each row's shape",
+                essential=summary_essentials(records), legend=LAYER_LEGEND, shorten=("verdict", "error")),
+        Section("Model check", check_rows(records),
+                essential=(LAYER, "counted fwd MACs", "exact MACs", "work ratio", "counted / published",
+                           "verdict"),
+                legend={"work ratio": LAYER_LEGEND["work ratio"], **CHECK_LEGEND}, shorten=("verdict",)),
+        Section("What stock counters see (same forward pass, by op family)", stock_rows(records),
+                essential=(LAYER, "op family", "lrprof MACs", "fvcore MACs",
+                           "FlopCounterMode MACs (FLOPs/2)"),
+                shorten=("op family",)),
     ]
     for r in records:
         total = r.exact.get("exact_MACs") or 0

@@ -14,9 +14,28 @@ from lrprof.nets.cost import exact_by_layer
 from lrprof.nets.paper import MACS_TOLERANCE_PCT, PAPER_INPUT, PARAMS_TOLERANCE_PCT, choice_rows, paper_checks
 from lrprof.record import Report, Section
 from lrprof.report import latency_text
+from lrprof.report.numbers import fmt, mib
 
 if TYPE_CHECKING:
     from lrprof.netprofile import NetProfile
+
+
+NET_MS, NET_BWD_MS = "fwd ms, median [IQR] n", "fwd+bwd ms, median [IQR] n"
+NET_LEGEND = {
+    NET_MS: "milliseconds per forward pass of the batch: median [first-third quartile] over n timed "
+            "runs (RxC: R runs, each the mean of C calls); networks of one report timed interleaved",
+    "counted = exact": "the dispatcher's count equals the sum of the layers' exact operator models",
+    "images/s": "batch size / forward median",
+    "fwd peak (MiB)": "peak MiB allocated during one forward pass, above what was resident before it",
+    "fvcore (G MACs)": "stock fvcore (default handles) on the same forward pass",
+    "FlopCounterMode (G MACs)": "torch's FlopCounterMode on the same forward pass, FLOPs halved",
+}
+STAGE_LEGEND = {
+    "MACs share (%)": "the stage's counted MACs over the whole net's",
+    "time share (%)": "the stage's hooked median over the sum of the stage medians",
+    "time / MACs share": "time share over MACs share: above 1, the stage takes more time than its work",
+    "hooked ms": "median milliseconds inside the stage, from forward hooks that synchronise",
+}
 
 
 def summary_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
@@ -25,24 +44,24 @@ def summary_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
         r = p.net
         row = {
             "net": r.name,
+            "dtype": r.config.get("dtype"),
             "params (M)": r.exact.get("params", 0) / 1e6,
-            "counted MACs (G)": (r.exact.get("fwd_MACs") or 0) / 1e9,
-            "exact MACs (G)": r.exact.get("exact_MACs", 0) / 1e9,
-            "counted == exact": r.checks.get("exact_match"),
-            "fwd ms median [IQR] n": latency_text(r.latency.get("fwd"), 2),
-            "fwd images/s": r.derived.get("fwd_images_per_s"),
+            "fwd MACs (G)": (r.exact.get("fwd_MACs") or 0) / 1e9,
+            "counted = exact": r.checks.get("exact_match"),
+            NET_MS: latency_text(r.latency.get("fwd")),
+            "images/s": r.derived.get("fwd_images_per_s"),
         }
         if "fwd_bwd" in r.latency:
-            row["fwd+bwd ms median [IQR] n"] = latency_text(r.latency.get("fwd_bwd"), 2)
+            row[NET_BWD_MS] = latency_text(r.latency.get("fwd_bwd"))
             row["fwd+bwd images/s"] = r.derived.get("fwd_bwd_images_per_s")
         for phase, m in r.memory.items():
-            row[f"{phase.replace('_', '+')} peak MiB"] = m.peak_bytes / 2**20
+            row[f"{phase.replace('_', '+')} peak (MiB)"] = mib(m.peak_bytes)
         if "bwd_MACs" in r.exact:
-            row["counted bwd MACs (G)"] = (r.exact.get("bwd_MACs") or 0) / 1e9
+            row["bwd MACs (G)"] = (r.exact.get("bwd_MACs") or 0) / 1e9
         if r.exact.get("fvcore_stock_MACs") is not None:
-            row["fvcore default MACs (G)"] = r.exact["fvcore_stock_MACs"] / 1e9
+            row["fvcore (G MACs)"] = r.exact["fvcore_stock_MACs"] / 1e9
         if r.exact.get("torch_flopcounter_MACs") is not None:
-            row["FlopCounterMode MACs (G, FLOPs/2)"] = r.exact["torch_flopcounter_MACs"] / 1e9
+            row["FlopCounterMode (G MACs)"] = r.exact["torch_flopcounter_MACs"] / 1e9
         row["verdict"] = r.error or r.checks.get("verdict")
         rows.append(row)
     return rows
@@ -58,18 +77,19 @@ def stage_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
                 "net": p.net.name,
                 "stage": s.config["stage"],
                 "params (M)": s.exact["params"] / 1e6,
-                "counted MACs (M)": (s.exact.get("fwd_MACs") or 0) / 1e6,
-                "counted == exact": s.checks.get("exact_match"),
+                "MACs (M)": (s.exact.get("fwd_MACs") or 0) / 1e6,
+                "counted = exact": s.checks.get("exact_match"),
                 "MACs share (%)": mac_share,
-                "hooked fwd ms median": s.latency["fwd"].median_ms,
-                "latency share (%)": time_share,
-                "latency share / MACs share": time_share / mac_share if mac_share else None,
+                "hooked ms": s.latency["fwd"].median_ms,
+                "time share (%)": time_share,
+                "time / MACs share": time_share / mac_share if mac_share else None,
             })
     return rows
 
 
 def versus_rows(a: NetProfile, b: NetProfile) -> list[dict[str, Any]]:
     """a / b per stage and in total, for MACs and for time, from the same run."""
+    macs, time = f"MACs {a.net.name} / {b.net.name}", f"time {a.net.name} / {b.net.name}"
     rows = []
     b_stages = {s.config["stage"]: s for s in b.stages}
     for s in a.stages:
@@ -78,15 +98,12 @@ def versus_rows(a: NetProfile, b: NetProfile) -> list[dict[str, Any]]:
             continue
         am, bm = s.exact.get("fwd_MACs"), other.exact.get("fwd_MACs")
         at, bt = s.latency["fwd"].median_ms, other.latency["fwd"].median_ms
-        rows.append({"stage": s.config["stage"], f"{a.net.name} / {b.net.name} MACs":
-                     am / bm if am and bm else None,
-                     f"{a.net.name} / {b.net.name} latency": at / bt if bt else None})
+        rows.append({"stage": s.config["stage"], macs: am / bm if am and bm else None,
+                     time: at / bt if bt else None})
     am, bm = a.net.exact.get("fwd_MACs"), b.net.exact.get("fwd_MACs")
     al, bl = a.net.latency.get("fwd"), b.net.latency.get("fwd")
-    rows.append({"stage": "whole net (unhooked)",
-                 f"{a.net.name} / {b.net.name} MACs": am / bm if am and bm else None,
-                 f"{a.net.name} / {b.net.name} latency":
-                 al.median_ms / bl.median_ms if al and bl else None})
+    rows.append({"stage": "whole net (unhooked)", macs: am / bm if am and bm else None,
+                 time: al.median_ms / bl.median_ms if al and bl else None})
     return rows
 
 
@@ -96,11 +113,11 @@ def layer_rows(profile: NetProfile, limit: int | None = None) -> list[dict[str, 
         "layer": r.config["layer"],
         "type": r.derived.get("layer_type"),
         "params": r.exact["params"],
-        "counted MACs": r.exact.get("fwd_MACs"),
-        "counted == exact": r.checks.get("exact_match"),
+        "MACs": r.exact.get("fwd_MACs"),
+        "counted = exact": r.checks.get("exact_match"),
         "MACs share (%)": r.derived.get("MACs_share_pct"),
-        "hooked fwd ms median": r.latency["fwd"].median_ms,
-        "latency share (%)": r.derived.get("latency_share_pct"),
+        "hooked ms": r.latency["fwd"].median_ms,
+        "time share (%)": r.derived.get("latency_share_pct"),
     } for r in layers]
     return rows[:limit] if limit else rows
 
@@ -112,15 +129,18 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
     layers only."""
     env = environment or device_facts.collect(torch.device(profiles[0].spec.device))
     sections = [Section("Networks (MACs: multiply-accumulates; 1 MAC = 2 FLOPs)", summary_rows(profiles),
-                        "latency: milliseconds per forward pass of the batch, median [quartiles], "
-                        "n runs (RxC: R runs, each the mean of C calls)")]
+                        essential=("net", "params (M)", "fwd MACs (G)", NET_MS, NET_BWD_MS,
+                                   "fwd peak (MiB)", "verdict"),
+                        legend=NET_LEGEND, shorten=("verdict",))]
     sums = "; ".join(
-        f"{p.net.name}: stage medians sum to {sum(s.latency['fwd'].median_ms for s in p.stages):.2f} ms, "
-        f"unhooked whole-net median {p.net.latency['fwd'].median_ms:.2f} ms"
+        f"{p.net.name}: stage medians sum to {fmt(sum(s.latency['fwd'].median_ms for s in p.stages))} ms, "
+        f"unhooked whole-net median {fmt(p.net.latency['fwd'].median_ms)} ms"
         for p in profiles if p.stages and "fwd" in p.net.latency)
     sections.append(Section("MACs vs time per stage", stage_rows(profiles),
-                            f"stage latency: {HOOK_METHOD}; shares are of the summed stage medians "
-                            f"({sums})"))
+                            f"stage latency: {HOOK_METHOD}; {sums}",
+                            essential=("net", "stage", "MACs share (%)", "hooked ms", "time share (%)",
+                                       "time / MACs share"),
+                            legend=STAGE_LEGEND))
     if len(profiles) >= 2 and profiles[0].stages and profiles[1].stages:
         sections.append(Section(f"{profiles[0].net.name} vs {profiles[1].net.name}, same run",
                                 versus_rows(profiles[0], profiles[1]),
@@ -141,9 +161,9 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
         sections.append(Section(
             f"Per layer: {p.net.name}", layer_rows(p),
             f"layer latency: {HOOK_METHOD}; shares are of the summed layer medians "
-            f"({p.net.derived.get('hooked_layers_sum_ms', 0):.2f} ms) against the unhooked "
-            f"whole-net median ({unhooked.median_ms if unhooked else float('nan'):.2f} ms)",
-            show="markdown"))
+            f"({fmt(p.net.derived.get('hooked_layers_sum_ms', 0.0))} ms) against the unhooked "
+            f"whole-net median ({fmt(unhooked.median_ms) if unhooked else 'n/a'} ms)",
+            show="markdown", legend=STAGE_LEGEND))
         sections.append(Section(f"Per layer: {p.net.name}, {terminal_layers} slowest",
                                 layer_rows(p, terminal_layers), "all layers in the markdown and CSV",
                                 show="terminal"))
