@@ -168,7 +168,7 @@ def test_layer_json_schema_environment_and_round_trip(plain_run):
 def test_layer_backward_fills_fwd_bwd(backward_run):
     assert backward_run.rc == 0
     assert "fwd+bwd ms" in backward_run.out  # the terminal wraps long headers
-    assert "fwd+bwd ms, median [IQR] n" in backward_run.md
+    assert "fwd+bwd ms, median [IQR]" in backward_run.md and "fwd+bwd runs" in backward_run.md
     row = backward_run.rows[0]
     for column in [f"fwd_bwd_{c}" for c in LATENCY + MEMORY]:
         assert row[column] != "", column

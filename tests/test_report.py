@@ -209,7 +209,7 @@ def test_terminal_table_shows_layer_and_verdict():
     text = render_terminal(report)
     assert text.startswith("lrprof layer - Test CPU (cpu, 2 threads), torch 9.9.9")
     assert "lr[unfold] k=3 m=4" in text
-    assert "0.27 [0.18-0.36] n=4x100" in text  # two significant digits of the 0.18 ms IQR
+    assert "0.27 [0.18-0.36]" in text  # two significant digits of the 0.18 ms IQR
     assert "ok" in text.split("Model check")[1]
 
 
@@ -297,3 +297,46 @@ def test_timestamped_reports_of_two_runs_in_one_second_both_survive(tmp_path, mo
     write_report(make_report(make_record()), first)
     second = report_paths("layer", None, default_dir=default_dir)
     assert not set(first.values()) & set(second.values())
+
+
+# ---- the terminal view -------------------------------------------------------------------
+
+
+def wide_report() -> Report:
+    base = make_record(backward=True)
+    base.derived.update({"role": "baseline"})
+    row = make_record(backward=True)
+    row.name = "lr[unfold] k=3 m=4 s=1 C=8 8x8 B=1 phi=sqdiff geometry_hidden=2 a long name"
+    row.derived.update({"role": "measured", "baseline": base.name, "fwd_latency_vs_baseline": 12.5,
+                        "fwd_bwd_latency_vs_baseline": 7.25, "fwd_peak_vs_baseline": 3.5})
+    row.checks["verdict"] = "does 2.31x the minimal MACs; O-model off: ratio 1.7 outside 0.5-1.1"
+    return make_report(row, base)
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_terminal_view_fits_the_width(width):
+    text = render_terminal(wide_report(), width=width)
+    too_wide = [line for line in text.splitlines() if len(line) > width]
+    assert too_wide == []
+    layers = text.split("Model check")[0]
+    first = ("fwd ms", "fwd+bwd ms", "fwd time /", "verdict")  # what even 80 columns keep
+    for essential in first + (("fwd MACs", "fwd peak") if width == 200 else ()):
+        assert essential in layers, essential
+    assert "12.5" in layers  # the ratio to the baseline
+
+
+def test_a_wider_terminal_shows_more_and_the_rest_is_named():
+    narrow = render_terminal(wide_report(), width=80)
+    wide = render_terminal(wide_report(), width=200)
+    assert "more columns in the markdown and CSV" in narrow
+    first_row = [text.split("Model check")[0].splitlines()[-3] for text in (narrow, wide)]
+    assert len(first_row[0]) < len(first_row[1])
+    assert "output error" not in narrow.split("Model check")[0]  # not essential: left to the files
+    markdown = render_markdown(wide_report())
+    assert "output error" in markdown and "fwd GMAC/s" in markdown  # the markdown keeps every column
+    assert "- **work ratio**: counted MACs / the operator's exact minimal MACs" in markdown  # legend
+
+
+def test_numbers_are_never_cut_to_fit():
+    text = render_terminal(wide_report(), width=80)
+    assert "11,976" in text and "…" in text  # names are shortened, counts are whole

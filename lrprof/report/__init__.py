@@ -29,28 +29,46 @@ def _headers(rows: list[dict[str, Any]]) -> list[str]:
     return headers
 
 
-def _table(rows: list[dict[str, Any]], tablefmt: str, headers: list[str] | None = None,
-           text_limit: int | None = None, header_width: int | None = None,
-           shorten: tuple[str, ...] = ()) -> str:
-    """A table; for terminals, `header_width` wraps long headers onto several lines and
-    `text_limit` cuts the text of the first column and the `shorten` ones (a row's name, a
-    verdict), never a number."""
+def _table(rows: list[dict[str, Any]], tablefmt: str, headers: list[str] | None = None) -> str:
     if not rows:
         return "(no rows)"
     headers = headers or _headers(rows)
     body = [[fmt(row.get(h)) for h in headers] for row in rows]
+    return tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def _headers(rows: list[dict[str, Any]]) -> list[str]:
+    headers: list[str] = []
+    for row in rows:
+        headers += [h for h in row if h not in headers]
+    return headers
+
+
+HEADER_WRAP = 10  # a terminal header wraps onto several lines rather than widen its column
+MIN_TEXT = 12  # a shortened name or verdict keeps at least this many characters
+GAP = "  "
+
+
+def terminal_table(rows: list[dict[str, Any]], headers: list[str], text_limit: int | None = None,
+                   cut: tuple[str, ...] = ()) -> str:
+    """Columns two spaces apart, headers wrapped onto several lines, the `cut` text columns
+    (a name, a verdict) shortened to `text_limit`; numbers are never cut."""
+    body = [[fmt(row.get(h)) for h in headers] for row in rows]
     if text_limit is not None:
-        cut = [i for i, h in enumerate(headers) if i == 0 or h in shorten]
         for line in body:
-            for i in cut:
-                if len(line[i]) > text_limit:
+            for i, h in enumerate(headers):
+                if h in cut and len(line[i]) > text_limit:
                     line[i] = line[i][:text_limit - 1] + "…"
-    shown = headers
-    if header_width is not None:
-        widths = [max([len(line[i]) for line in body] + [1]) for i in range(len(headers))]
-        shown = ["\n".join(textwrap.wrap(h, max(header_width, w), break_on_hyphens=False)) or h
-                 for h, w in zip(headers, widths, strict=True)]
-    return tabulate(body, headers=shown, tablefmt=tablefmt, disable_numparse=True)
+    widths = [max([len(line[i]) for line in body] + [1]) for i in range(len(headers))]
+    wrapped = [textwrap.wrap(h, max(HEADER_WRAP, w), break_on_hyphens=False, break_long_words=False) or [h]
+               for h, w in zip(headers, widths, strict=True)]
+    widths = [max(w, *(len(x) for x in lines)) for w, lines in zip(widths, wrapped, strict=True)]
+    depth = max(len(lines) for lines in wrapped)
+    out = [GAP.join(lines[d].ljust(w) if d < len(lines) else " " * w
+                    for lines, w in zip(wrapped, widths, strict=True)).rstrip() for d in range(depth)]
+    out.append(GAP.join("-" * w for w in widths))
+    out += [GAP.join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in body]
+    return "\n".join(out)
 
 
 def _width(text: str) -> int:
@@ -58,31 +76,38 @@ def _width(text: str) -> int:
 
 
 def fitted_table(section: Section, width: int) -> tuple[str, int]:
-    """The section's table for a terminal `width` columns wide: its essential columns (all
-    of them when it names none), then as many others as fit, headers wrapped onto several
-    lines; past that, row names are shortened. Returns the table and how many columns were
-    left out."""
+    """The section's table for a terminal `width` columns wide: its essential columns in
+    their priority order (all columns when it names none), then the others, each while the
+    table fits; names and verdicts may be shortened to make room, numbers never. The
+    columns keep the table's own order. Returns the table and how many were left out."""
     every = _headers(section.rows)
     if not every:
-        return _table(section.rows, "simple"), 0
+        return "(no rows)", 0
+    cut = (every[0], *section.shorten)
     essential = [h for h in section.essential if h in every] or every
+    if every[0] not in essential:
+        essential.insert(0, every[0])
+    candidates = essential + [h for h in every if h not in essential]
 
-    def render(headers: list[str], text_limit: int | None = None) -> str:
-        return _table(section.rows, "simple", headers, text_limit, header_width=10,
-                      shorten=section.shorten)
+    def render(chosen: list[str], limit: int | None) -> str:
+        return terminal_table(section.rows, [h for h in every if h in chosen], limit, cut)
 
-    chosen = list(essential)
-    for header in (h for h in every if h not in essential):  # the others, in order, while they fit
-        if _width(render([h for h in every if h in chosen or h == header])) <= width:
+    def best_limit(chosen: list[str]) -> int:
+        """The longest text the chosen columns leave room for."""
+        limit = max((len(fmt(row.get(h))) for row in section.rows for h in cut), default=0)
+        while limit > MIN_TEXT and _width(render(chosen, limit)) > width:
+            limit -= 1
+        return limit
+
+    chosen = [candidates[0]]
+    for header in essential[1:]:  # essentials may shorten names and verdicts to fit
+        if _width(render(chosen + [header], MIN_TEXT)) <= width:
             chosen.append(header)
-    headers = [h for h in every if h in chosen]  # the table's own column order
-    table = render(headers)
-    cut = [headers[0], *section.shorten]
-    limit = max((len(fmt(row.get(h))) for row in section.rows for h in cut), default=0)
-    while _width(table) > width and limit > 16:
-        limit -= 2
-        table = render(headers, limit)
-    return table, len(every) - len(headers)
+    limit = best_limit(chosen)
+    for header in candidates[len(essential):]:  # the others only where they cost no text
+        if _width(render(chosen + [header], limit)) <= width:
+            chosen.append(header)
+    return render(chosen, limit), len(every) - len(chosen)
 
 
 def terminal_width() -> int:

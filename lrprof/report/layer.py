@@ -11,7 +11,7 @@ import torch
 from lrprof.measure import device as device_facts
 from lrprof.record import Record, Report, Section
 from lrprof.report import latency_text
-from lrprof.report.numbers import fmt, mib
+from lrprof.report.numbers import fmt, mib, runs_text
 
 MEMORY_NOTE = (
     "resident: on CUDA everything the allocator held before the call; on the CPU the module's "
@@ -19,15 +19,17 @@ MEMORY_NOTE = (
 )
 LAYER = "layer"
 FWD_MACS, BWD_MACS = "fwd MACs (M)", "bwd MACs (M)"
-FWD_MS, BWD_MS = "fwd ms, median [IQR] n", "fwd+bwd ms, median [IQR] n"
+FWD_MS, BWD_MS = "fwd ms, median [IQR]", "fwd+bwd ms, median [IQR]"
+FWD_RUNS, BWD_RUNS = "fwd runs", "fwd+bwd runs"
 FWD_MIB, BWD_MIB = "fwd peak (MiB)", "fwd+bwd peak (MiB)"
 FWD_VS, BWD_VS, MEM_VS = "fwd time / conv3x3", "fwd+bwd time / conv3x3", "fwd peak / conv3x3"
 LAYER_LEGEND = {
     "work ratio": "counted MACs / the operator's exact minimal MACs: 1 when the implementation does "
                   "exactly the operator's work, above 1 when it does more (recomputes, wastes); below "
                   "1 is a failure (a counting rule or the model is wrong)",
-    FWD_MS: "milliseconds per call: median [first-third quartile] over n timed runs (RxC: R runs, "
-            "each the mean of C calls), digits to the precision the quartiles support",
+    FWD_MS: "milliseconds per call: median [first-third quartile], digits to the precision the "
+            "quartiles support",
+    FWD_RUNS: "timed runs (RxC: R runs, each the mean of C calls)",
     FWD_MIB: "peak MiB allocated during one call, above what was resident before it",
     FWD_VS: "this row's median over the dense 3x3 conv of the same channels, size, stride, batch, "
             "dtype and device, timed in the same interleaved schedule",
@@ -54,11 +56,13 @@ def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
             "params": r.exact.get("params"),
             FWD_MACS: _m(r.exact.get("fwd_MACs")),
             "work ratio": r.checks.get("work_ratio"),
-            FWD_MS: latency_text(r.latency.get("fwd")),
+            FWD_MS: latency_text(r.latency.get("fwd"), runs=False),
+            FWD_RUNS: runs_text(r.latency.get("fwd")),
         }
         if backward:
             row[BWD_MACS] = _m(r.exact.get("bwd_MACs"))
-            row[BWD_MS] = latency_text(r.latency.get("fwd_bwd"))
+            row[BWD_MS] = latency_text(r.latency.get("fwd_bwd"), runs=False)
+            row[BWD_RUNS] = runs_text(r.latency.get("fwd_bwd"))
         row[FWD_MIB] = mib(r.memory["fwd"].peak_bytes) if "fwd" in r.memory else None
         if backward:
             m = r.memory.get("fwd_bwd")
@@ -78,9 +82,10 @@ def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
 
 
 def summary_essentials(records: list[Record]) -> tuple[str, ...]:
+    """In priority order: what a narrow terminal keeps first."""
     backward = any("fwd_bwd" in r.latency for r in records)
-    return (LAYER, FWD_MACS, FWD_MS, *((BWD_MS,) if backward else ()), FWD_MIB, FWD_VS, "verdict",
-            "error")
+    return (LAYER, FWD_MS, *((BWD_MS,) if backward else ()), FWD_VS, "verdict", "error", FWD_MACS,
+            FWD_MIB, *((BWD_VS,) if backward else ()), MEM_VS)
 
 
 CHECK_LEGEND = {

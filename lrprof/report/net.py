@@ -14,16 +14,17 @@ from lrprof.nets.cost import exact_by_layer
 from lrprof.nets.paper import MACS_TOLERANCE_PCT, PAPER_INPUT, PARAMS_TOLERANCE_PCT, choice_rows, paper_checks
 from lrprof.record import Report, Section
 from lrprof.report import latency_text
-from lrprof.report.numbers import fmt, mib
+from lrprof.report.numbers import fmt, mib, runs_text
 
 if TYPE_CHECKING:
     from lrprof.netprofile import NetProfile
 
 
-NET_MS, NET_BWD_MS = "fwd ms, median [IQR] n", "fwd+bwd ms, median [IQR] n"
+NET_MS, NET_BWD_MS = "fwd ms, median [IQR]", "fwd+bwd ms, median [IQR]"
 NET_LEGEND = {
-    NET_MS: "milliseconds per forward pass of the batch: median [first-third quartile] over n timed "
-            "runs (RxC: R runs, each the mean of C calls); networks of one report timed interleaved",
+    NET_MS: "milliseconds per forward pass of the batch: median [first-third quartile]; networks of "
+            "one report timed interleaved",
+    "fwd runs": "timed runs (RxC: R runs, each the mean of C calls)",
     "counted = exact": "the dispatcher's count equals the sum of the layers' exact operator models",
     "images/s": "batch size / forward median",
     "fwd peak (MiB)": "peak MiB allocated during one forward pass, above what was resident before it",
@@ -48,11 +49,13 @@ def summary_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
             "params (M)": r.exact.get("params", 0) / 1e6,
             "fwd MACs (G)": (r.exact.get("fwd_MACs") or 0) / 1e9,
             "counted = exact": r.checks.get("exact_match"),
-            NET_MS: latency_text(r.latency.get("fwd")),
+            NET_MS: latency_text(r.latency.get("fwd"), runs=False),
+            "fwd runs": runs_text(r.latency.get("fwd")),
             "images/s": r.derived.get("fwd_images_per_s"),
         }
         if "fwd_bwd" in r.latency:
-            row[NET_BWD_MS] = latency_text(r.latency.get("fwd_bwd"))
+            row[NET_BWD_MS] = latency_text(r.latency.get("fwd_bwd"), runs=False)
+            row["fwd+bwd runs"] = runs_text(r.latency.get("fwd_bwd"))
             row["fwd+bwd images/s"] = r.derived.get("fwd_bwd_images_per_s")
         for phase, m in r.memory.items():
             row[f"{phase.replace('_', '+')} peak (MiB)"] = mib(m.peak_bytes)
@@ -129,8 +132,8 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
     layers only."""
     env = environment or device_facts.collect(torch.device(profiles[0].spec.device))
     sections = [Section("Networks (MACs: multiply-accumulates; 1 MAC = 2 FLOPs)", summary_rows(profiles),
-                        essential=("net", "params (M)", "fwd MACs (G)", NET_MS, NET_BWD_MS,
-                                   "fwd peak (MiB)", "verdict"),
+                        essential=("net", NET_MS, NET_BWD_MS, "verdict", "fwd MACs (G)", "params (M)",
+                                   "fwd peak (MiB)"),
                         legend=NET_LEGEND, shorten=("verdict",))]
     sums = "; ".join(
         f"{p.net.name}: stage medians sum to {fmt(sum(s.latency['fwd'].median_ms for s in p.stages))} ms, "
@@ -138,8 +141,8 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
         for p in profiles if p.stages and "fwd" in p.net.latency)
     sections.append(Section("MACs vs time per stage", stage_rows(profiles),
                             f"stage latency: {HOOK_METHOD}; {sums}",
-                            essential=("net", "stage", "MACs share (%)", "hooked ms", "time share (%)",
-                                       "time / MACs share"),
+                            essential=("net", "stage", "MACs share (%)", "time share (%)",
+                                       "time / MACs share", "hooked ms"),
                             legend=STAGE_LEGEND))
     if len(profiles) >= 2 and profiles[0].stages and profiles[1].stages:
         sections.append(Section(f"{profiles[0].net.name} vs {profiles[1].net.name}, same run",

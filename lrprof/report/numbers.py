@@ -55,13 +55,21 @@ def decimals_for_spread(spread: float, median: float) -> int:
     return max(0, 1 - math.floor(math.log10(reference)))
 
 
-def latency_text(stats: Any) -> str:
-    """'12.3 [12.1-12.6] n=10', or n=10x100 when each run averages 100 calls."""
+def latency_text(stats: Any, runs: bool = True) -> str:
+    """'12.3 [12.1-12.6] n=10', or n=10x100 when each run averages 100 calls (`runs=False`
+    leaves the count out, for a table that shows it in a column of its own)."""
     if stats is None:
         return ""
     d = decimals_for_spread(stats.q3_ms - stats.q1_ms, stats.median_ms)
-    runs = f"{stats.runs}x{stats.calls_per_run}" if stats.calls_per_run > 1 else f"{stats.runs}"
-    return f"{stats.median_ms:.{d}f} [{stats.q1_ms:.{d}f}-{stats.q3_ms:.{d}f}] n={runs}"
+    text = f"{stats.median_ms:.{d}f} [{stats.q1_ms:.{d}f}-{stats.q3_ms:.{d}f}]"
+    return f"{text} n={runs_text(stats)}" if runs else text
+
+
+def runs_text(stats: Any) -> str:
+    """'10', or '10x100' when each of the 10 runs averages 100 calls."""
+    if stats is None:
+        return ""
+    return f"{stats.runs}x{stats.calls_per_run}" if stats.calls_per_run > 1 else f"{stats.runs}"
 
 
 def mib(value: int | float | None) -> float | None:
