@@ -1,7 +1,5 @@
-"""Pictures of a set of records, as PNG files beside the markdown that links them. Each plot
-reads without the table: units on the axes, a legend, a title naming the device, dtype and
-threads. Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global
-backend switch, nothing shown on a screen).
+"""Pictures of a sweep: latency and MACs against k, latency against MACs with the fit, the
+global against local crossover over H x W, achieved bandwidth against the ceiling.
 
 A plot that does not apply to the records (no k varies, no non-local operator in the
 sweep, no roofline columns) is not drawn: `sweep_plots` returns the ones it wrote.
@@ -17,55 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from lrprof.fits import ACHIEVED_GBS_NAMES, CEILING_GBS_NAMES, GroupFit, figure, group_records
+from lrprof.plots import Plot, _colors, _figure, _fwd_ms, _log_axis, _save, title_facts
 from lrprof.record import Record
 
 GLOBAL_OPS = ("nonlocal",)  # operators whose cost grows with (H x W)^2: the crossover's one side
 SHAPE_FIELDS = ("channels", "height", "width")
-DPI = 110
-
-
-@dataclass(frozen=True)
-class Plot:
-    path: Path
-    title: str
-    caption: str  # what it shows, in one or two sentences (the markdown's text beside it)
-
-
-def title_facts(records: Sequence[Record], environment: Any = None) -> str:
-    """'AMD EPYC 7B13 (cpu), float32, 2 threads' from the environment and the rows."""
-    parts = []
-    if environment is not None:
-        parts.append(f"{environment.device_name} ({environment.device})")
-    dtypes = sorted({str(r.config.get("dtype")) for r in records if r.config.get("dtype")})
-    if dtypes:
-        parts.append(", ".join(dtypes))
-    threads = sorted({s.threads for r in records for s in r.latency.values() if s.threads})
-    if threads:
-        parts.append(f"{', '.join(map(str, threads))} thread{'s' if threads != [1] else ''}")
-    return ", ".join(parts)
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
-def _save(fig: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-
-
-def _colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def _fwd_ms(record: Record) -> float | None:
-    stats = record.latency.get("fwd")
-    return stats.median_ms if stats else None
 
 
 def _varying(records: Sequence[Record], exclude: Sequence[str]) -> list[str]:
@@ -110,23 +64,6 @@ def _determines(records: Sequence[Record], fields: Sequence[str], target: str) -
         if seen.setdefault(key, value) != value:
             return False
     return True
-
-
-def _si(value: float, _position: Any = None) -> str:
-    """Tick labels: 2k, 40M, 1.5G; plain below 1000."""
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:g}{suffix}"
-    return f"{value:g}"
-
-
-def _log_axis(axis: Any) -> None:
-    """Log scale with readable labels (1, 2, 5 per decade; 2k, 40M) instead of 6x10^1."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(_si))
-    axis.set_minor_formatter(NullFormatter())
 
 
 def _series_label(config: dict[str, Any], fields: Sequence[str]) -> str:
