@@ -218,6 +218,8 @@ class Report:
     created: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
+    # PNGs beside the markdown: {"file": name relative to it, "title": ..., "caption": ...}
+    figures: list[dict[str, str]] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, Any]]:
         return [r.row(self.environment) for r in self.records]
@@ -230,6 +232,7 @@ class Report:
             "created": self.created,
             "environment": self.environment.to_dict(),
             "notes": self.notes,
+            "figures": self.figures,
             "records": [r.to_dict() for r in self.records],
             "sections": [{"title": s.title, "note": s.note, "rows": s.rows, "show": s.show,
                           "essential": list(s.essential), "legend": s.legend}
@@ -248,4 +251,5 @@ class Report:
             notes=list(data.get("notes", [])),
             argv=list(data.get("argv", [])),
             created=data.get("created", ""),
+            figures=list(data.get("figures") or []),
         )

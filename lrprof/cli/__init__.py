@@ -56,12 +56,23 @@ def out_dir(out: Path | None) -> Path | None:
     return out
 
 
-def emit(report, out: Path | None, quiet: bool, paths=None) -> list[Path]:
+def emit(report, out: Path | None, quiet: bool, paths=None, plots: bool = True) -> list[Path]:
+    """Print the terminal view, draw the plots beside the markdown, write the reports."""
+    from lrprof.errors import describe
     from lrprof.report import render_terminal, report_paths, write_report
 
+    paths = paths or report_paths(report.command, out)
+    if plots:
+        try:
+            from lrprof.plots import report_figures
+
+            report.figures = report_figures(report, paths["md"])
+        except Exception as exc:  # a picture that cannot be drawn costs no figure
+            report.notes.append(f"plots not drawn: {describe(exc)}")
     if not quiet:
         typer.echo(render_terminal(report))
-    written = write_report(report, paths or report_paths(report.command, out))
+    written = write_report(report, paths)
+    written += [paths["md"].parent / f["file"] for f in report.figures]
     typer.echo("wrote " + ", ".join(str(p) for p in written))
     return written
 

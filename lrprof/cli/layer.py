@@ -34,6 +34,7 @@ FLAGS: list[tuple[str, str, bool, str]] = [
     ("stock", "--stock/--no-stock", True, "also run stock fvcore and FlopCounterMode"),
     ("check_output", "--check-output/--no-check-output", True,
      "check each output against the operator's float64 reference"),
+    ("plots", "--plots/--no-plots", True, "draw PNG plots beside the markdown (several rows)"),
     ("quiet", "--quiet", False, "print only the paths written"),
 ]
 
@@ -110,7 +111,7 @@ def layer(**options: Any) -> None:
     environment = collect(device)  # before measuring: a failure here loses nothing
     records = profile_layers(specs, measure)
     report = layer_report(records, argv(), environment, grid.unavailable)
-    emit(report, out, flags["quiet"])
+    emit(report, out, flags["quiet"], plots=flags["plots"])
     raise typer.Exit(failures(records))
 
 

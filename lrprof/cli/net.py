@@ -32,6 +32,9 @@ def net(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's)")] = None,
     stock: Annotated[bool, typer.Option(help="also run stock fvcore and FlopCounterMode")] = True,
     out: Annotated[Path | None, typer.Option(help="write DIR/net.{md,csv,json}")] = None,
+    plots: Annotated[
+        bool, typer.Option("--plots/--no-plots", help="draw PNG plots beside the markdown")
+    ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", help="print only the paths written")] = False,
 ) -> None:
     """Profile a whole network: totals, stages, layers, and the paper's table."""
@@ -75,5 +78,5 @@ def net(
         write_report(net_report(profiles, argv(), environment), paths)
 
     profiles = profile_nets(specs, options, on_update=write)
-    emit(net_report(profiles, argv(), environment), out, quiet, paths)
+    emit(net_report(profiles, argv(), environment), out, quiet, paths, plots=plots)
     raise typer.Exit(failures([p.net for p in profiles]))

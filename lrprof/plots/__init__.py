@@ -84,6 +84,20 @@ def _fwd_ms(record: Record) -> float | None:
     return stats.median_ms if stats else None
 
 
+def report_figures(report: Any, markdown: Path) -> list[dict[str, str]]:
+    """Draw the pictures that apply to a layer or net report as `<markdown stem>-<name>.png`
+    beside it; returns what the markdown links (files relative to it)."""
+    from lrprof.plots.layer import layer_plots
+    from lrprof.plots.net import net_plots
+
+    draw = {"layer": layer_plots, "net": net_plots}.get(report.command)
+    if draw is None:
+        return []
+    base = markdown.with_suffix("")
+    plots = draw(report.records, base, title_facts(report.records, report.environment))
+    return [{"file": p.path.name, "title": p.title, "caption": p.caption} for p in plots]
+
+
 from lrprof.plots.sweep import (  # noqa: E402  (the sweep's plots, as this package offered them)
     GLOBAL_OPS,
     crossovers,
@@ -95,4 +109,4 @@ from lrprof.plots.sweep import (  # noqa: E402  (the sweep's plots, as this pack
 )
 
 __all__ = ["DPI", "GLOBAL_OPS", "Plot", "crossovers", "plot_bandwidth", "plot_crossover",
-           "plot_latency_vs_macs", "plot_vs_param", "sweep_plots", "title_facts"]
+           "plot_latency_vs_macs", "plot_vs_param", "report_figures", "sweep_plots", "title_facts"]

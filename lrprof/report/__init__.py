@@ -157,12 +157,16 @@ def render_markdown(report: Report) -> str:
     parts += [f"- {line}" for line in environment_lines(report)]
     command = f"`lrprof {' '.join(report.argv)}`" if report.argv else "the Python API (no command line)"
     parts += [f"- created {report.created}", f"- command: {command}", ""]
-    for section in (s for s in report.sections if s.show != "terminal"):
+    for index, section in enumerate(s for s in report.sections if s.show != "terminal"):
         parts += [f"## {section.title}", "", _table(section.rows, "github"), ""]
         if section.note:
             parts += [section.note, ""]
         if section.legend:
             parts += [f"- **{name}**: {meaning}" for name, meaning in section.legend.items()] + [""]
+        if index == 0 and report.figures:  # the pictures right after the main table
+            parts += ["## Figures", ""]
+            for figure in report.figures:
+                parts += [f"![{figure['title']}]({figure['file']})", "", figure.get("caption", ""), ""]
     if report.notes:
         parts += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
     return "\n".join(parts)

@@ -1,0 +1,79 @@
+"""Pictures of a layer report with several rows: each row's latency with its spread beside
+the 3x3 conv baseline, and its counted work beside it, so "same MACs, how much time?" is
+read off one figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lrprof.plots import Plot, _colors, _figure, _log_axis, _save
+from lrprof.record import Record
+
+NAME_LIMIT = 42
+PHASES = (("fwd", "forward"), ("fwd_bwd", "forward+backward"))
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= NAME_LIMIT else name[:NAME_LIMIT - 1] + "…"
+
+
+def _log_if_wide(axis: Any, values: Sequence[float]) -> None:
+    """A log scale (with 1-2-5 labels) when the values span more than 20x."""
+    positive = [v for v in values if v and v > 0]
+    if positive and max(positive) / min(positive) > 20:
+        axis.set_xscale("log")
+        _log_axis(axis.xaxis)
+
+
+def plot_layer_rows(records: Sequence[Record], path: Path, facts: str) -> Plot | None:
+    """Left: median latency per row and phase as a marker, whiskers from the first to the
+    third quartile (markers, not bars: the axis may be logarithmic). Right: counted forward
+    MACs per row. Drawn for two rows or more."""
+    rows = [r for r in records if "fwd" in r.latency]
+    if len(rows) < 2:
+        return None
+    phases = [(key, label) for key, label in PHASES if any(key in r.latency for r in rows)]
+    fig = _figure(11.5, 1.4 + 0.45 * len(rows) * len(phases))
+    left, right = fig.subplots(1, 2, sharey=True, width_ratios=(3, 2))
+    step = 0.6 / len(phases)
+    positions = list(range(len(rows)))[::-1]  # first row on top
+    medians: list[float] = []
+    for offset, ((key, label), color, marker) in enumerate(
+            zip(phases, _colors(len(phases)), ("o", "s"), strict=False)):
+        ys, xs, lows, highs = [], [], [], []
+        for y, r in zip(positions, rows, strict=True):
+            stats = r.latency.get(key)
+            if stats is not None:
+                ys.append(y + (len(phases) / 2 - offset - 0.5) * step)
+                xs.append(stats.median_ms)
+                lows.append(stats.median_ms - stats.q1_ms)
+                highs.append(stats.q3_ms - stats.median_ms)
+        left.errorbar(xs, ys, xerr=[lows, highs], fmt=marker, color=color, capsize=3, markersize=6,
+                      label=f"{label}: median, whiskers from first to third quartile")
+        medians += xs
+    _log_if_wide(left, medians)
+    labels = [_short(r.name) + ("  (baseline)" if "baseline" in str(r.derived.get("role", "")) else "")
+              for r in rows]
+    left.set_yticks(positions, labels, fontsize=8)
+    left.set_ylim(-0.6, len(rows) - 0.4)
+    left.set_xlabel("latency per call (ms)")
+    left.grid(True, axis="x", which="both", alpha=0.3)
+    left.legend(fontsize=8, loc="best")
+    macs = [(r.exact.get("fwd_MACs") or 0) / 1e6 for r in rows]
+    right.barh(positions, macs, height=0.5, color="0.55")
+    right.set_xlabel("counted fwd MACs (M; 1 MAC = 2 FLOPs)")
+    right.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(f"Latency and work per row, one interleaved run - {facts}", fontsize=10)
+    _save(fig, path)
+    return Plot(path, "Latency and work per row",
+                "Each row's median latency per call with its interquartile range, forward (and "
+                "forward+backward), beside its counted forward MACs; the baseline is the dense "
+                "3x3 conv of the same shape, timed in the same interleaved run.")
+
+
+def layer_plots(records: Sequence[Record], base: Path, facts: str) -> list[Plot]:
+    """Every picture that applies to a layer report, as `<base>-<name>.png`."""
+    made = [plot_layer_rows(records, base.with_name(f"{base.name}-rows.png"), facts)]
+    return [p for p in made if p is not None]

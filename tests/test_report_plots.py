@@ -1,0 +1,48 @@
+"""Layer and net reports draw their pictures beside the markdown and link them from it;
+--no-plots draws none; a single row gets no comparison plot."""
+
+import json
+import struct
+
+import pytest
+
+from lrprof.cli import main
+
+LAYER = ["layer", "--channels", "8", "--size", "8", "--k", "3", "--m", "4", "--min-time", "0.02",
+         "--min-runs", "2", "--no-stock", "--device", "cpu", "--quiet"]
+NET = ["net", "lr26", "--vs", "resnet26", "--per-layer", "--size", "32", "--min-runs", "2",
+       "--min-time", "0.01", "--hooked-runs", "2", "--no-stock", "--quiet"]
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_a_layer_report_links_its_rows_plot(tmp_path):
+    assert main([*LAYER, "--backward", "--out", str(tmp_path)]) == 0
+    width, height = png_size(tmp_path / "layer-rows.png")
+    assert width > 600 and height > 150
+    markdown = (tmp_path / "layer.md").read_text()
+    assert "![Latency and work per row](layer-rows.png)" in markdown
+    figures = json.loads((tmp_path / "layer.json").read_text())["figures"]
+    assert [f["file"] for f in figures] == ["layer-rows.png"]
+
+
+def test_no_plots_draws_none_and_one_row_needs_none(tmp_path):
+    assert main([*LAYER, "--no-plots", "--out", str(tmp_path / "off")]) == 0
+    assert not list((tmp_path / "off").glob("*.png"))
+    assert "## Figures" not in (tmp_path / "off" / "layer.md").read_text()
+    assert main([*LAYER, "--baseline", "none", "--out", str(tmp_path / "one")]) == 0
+    assert not list((tmp_path / "one").glob("*.png"))  # nothing to compare a single row with
+
+
+@pytest.mark.parametrize("name", ["net-stages.png", "net-versus.png", "net-layers.png"])
+def test_net_vs_per_layer_draws_shares_versus_and_layers(tmp_path_factory, name):
+    out = tmp_path_factory.getbasetemp() / "netplots"
+    if not (out / "net.md").exists():
+        assert main([*NET, "--out", str(out)]) == 0
+    width, height = png_size(out / name)
+    assert width > 500 and height > 250
+    assert f"]({name})" in (out / "net.md").read_text()
