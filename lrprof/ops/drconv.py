@@ -247,13 +247,12 @@ def _register() -> None:
         summary="dynamic region-aware conv (DRConv): guided argmax regions, per-region generated filters",
         schema=SCHEMA,
         impls=(
-            Impl("region", "per sample and region: gather that region's pixels, one matrix product "
-                 "with its filters, scatter back (main term independent of r)", _build(DRConv2d),
-                 backward="RouteByRegion autograd.Function: straight-through softmax gradient for the "
-                 "mask (computes every region's response once, r x main)"),
-            Impl("naive", "every region's filters at every pixel (grouped conv, r x main), one-hot "
-                 "mask multiply and sum: the popular reimplementation", _build(NaiveDRConv2d),
-                 backward="autograd; straight-through by y_hard - y_soft.detach() + y_soft"),
+            Impl("region", "per sample and region: that region's pixels times its filters, one "
+                 "matrix product (main term independent of r)", _build(DRConv2d),
+                 backward="autograd.Function; mask: straight-through softmax gradient (r x main)"),
+            Impl("naive", "every region's filters at every pixel (r x main), then the one-hot mask: "
+                 "the popular reimplementation", _build(NaiveDRConv2d),
+                 backward="autograd; mask: y_hard - y_soft.detach() + y_soft"),
         ),
         cost=cost,
         reference="region",
