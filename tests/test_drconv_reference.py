@@ -128,13 +128,13 @@ def test_each_pixel_uses_only_its_own_regions_filters():
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
     region = layer.guide(x).argmax(dim=1)[0]
     filters = layer.region_filters(x).detach()
-    rows = F.unfold(x, 3, padding=1).transpose(1, 2).contiguous()
     logits = layer.guide(x).flatten(2).detach()
-    base = RouteByRegion.apply(rows, filters, logits)[0]
+    cols = F.unfold(x, 3, padding=1)
+    base = RouteByRegion.apply(cols, filters, logits)[0]
     changed = filters.clone()
     changed[0, 1] += 1.0
-    moved = RouteByRegion.apply(rows, changed, logits)[0]
-    differs = (moved - base).abs().amax(dim=1) > 0
+    moved = RouteByRegion.apply(cols, changed, logits)[0]
+    differs = (moved - base).abs().amax(dim=0) > 0
     assert torch.equal(differs, region.flatten() == 1)
     assert differs.any()
 
@@ -185,11 +185,16 @@ def test_backward_straight_through_matches_the_definition():
     assert expected_logit_grad.abs().max() > 0
 
 
-def test_route_by_region_gradcheck():
+@pytest.mark.parametrize("k,s", [(3, 1), (3, 2), (1, 1)])
+def test_route_by_region_gradcheck(k, s):
     """The custom backward's filter and input gradients against finite differences (the
     logits' gradient is a straight-through estimate: it has no finite-difference truth)."""
     torch.manual_seed(2)
-    rows = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)
-    filters = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
-    logits = torch.randn(2, 3, 7, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda a, f: RouteByRegion.apply(a, f, logits), (rows, filters))
+    x = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    out_pixels = ((5 - 1) // s + 1) * ((4 - 1) // s + 1)
+    filters = torch.randn(2, 3, 4, 2 * k * k, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(2, 3, out_pixels, dtype=torch.float64)
+    def route(a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return RouteByRegion.apply(F.unfold(a, k, padding=k // 2, stride=s), f, logits)
+
+    assert torch.autograd.gradcheck(route, (x, filters))

@@ -13,10 +13,11 @@ For input x (B, C, H, W), r regions, k x k filters, O output channels, stride s:
    B*O*C*k^2*H'W', a standard convolution's, whatever r is.
 
 Implementations (same parameters, so the float64 reference loads either):
-- `region`: x unfolded to its k x k columns; per sample and region, the pixels of that
-  region are gathered and multiplied by that region's filter bank in one matrix product,
-  then scattered back. Forward and backward are a small autograd.Function (`RouteByRegion`):
-  its forward never computes a filter at a pixel outside its region; its backward computes
+- `region`: x unfolded to one column per output pixel (its k x k window); per sample the
+  columns are gathered once in region order, each region's block is multiplied by that
+  region's filter bank in one matrix product, and the result is put back in pixel order.
+  Forward and backward are a small autograd.Function (`RouteByRegion`): its forward never
+  computes a filter at a pixel outside its region; its backward computes
   every region's response once, for the mask's straight-through gradient (r times the
   main term, as the paper's backward needs).
 - `naive`: what popular reimplementations do: every region's filters at every pixel (one
@@ -56,56 +57,69 @@ def check_hyperparameters(channels: int, out_channels: int, k: int, regions: int
 
 
 class RouteByRegion(torch.autograd.Function):
-    """out[b, p] = filters[b, region[b, p]] @ rows[b, p], region = argmax of the logits.
+    """out[b, :, p] = filters[b, region[b, p]] @ cols[b, :, p], region = argmax of the logits.
 
-    rows (B, L, K): pixel p's k x k window, K = C*k^2; filters (B, r, O, K); logits
-    (B, r, L) -> (B, L, O). Pixels are rows so that gathering and scattering one region's
-    pixels moves whole rows.
+    cols (B, K, L): the k x k window of each output pixel p as a column (F.unfold),
+    K = C*k^2; filters (B, r, O, K); logits (B, r, L) -> out (B, O, L). Per sample, the
+    columns are gathered once in region order, each region's block is multiplied by its
+    filters, and the result is put back in pixel order.
     """
 
     @staticmethod
-    def forward(ctx: Any, rows: torch.Tensor, filters: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, cols: torch.Tensor, filters: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         region = logits.argmax(dim=1)  # (B, L)
-        out = rows.new_zeros((rows.shape[0], rows.shape[1], filters.shape[2]))
-        if rows.is_meta:  # a shape-only pass (network costing): routing needs data
+        out = cols.new_zeros((cols.shape[0], filters.shape[2], cols.shape[2]))
+        if cols.is_meta:  # a shape-only pass (network costing): routing needs data
             return out
-        for b, j, where in _region_pixels(region, filters.shape[1]):
-            out[b][where] = rows[b].index_select(0, where) @ filters[b, j].t()
-        ctx.save_for_backward(rows, filters, logits, region)
+        for b, order, back, spans in _grouped_by_region(region, filters.shape[1]):
+            grouped = cols[b].index_select(1, order)  # (K, L), region by region
+            result = torch.cat([filters[b, j] @ grouped[:, start:end] for j, start, end in spans], dim=1)
+            out[b] = result.index_select(1, back)
+        ctx.save_for_backward(cols, filters, logits, region)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        rows, filters, logits, region = ctx.saved_tensors
-        need_rows, need_filters, need_logits = ctx.needs_input_grad
-        grad_rows = torch.zeros_like(rows) if need_rows else None
+        cols, filters, logits, region = ctx.saved_tensors
+        need_cols, need_filters, need_logits = ctx.needs_input_grad
+        grad_cols = torch.zeros_like(cols) if need_cols else None
         grad_filters = torch.zeros_like(filters) if need_filters else None
         grad_logits = None
-        if need_rows or need_filters:
-            for b, j, where in _region_pixels(region, filters.shape[1]):
-                g = grad_out[b].index_select(0, where)  # (n, O)
+        if need_cols or need_filters:
+            for b, order, back, spans in _grouped_by_region(region, filters.shape[1]):
+                grads = grad_out[b].index_select(1, order)  # (O, L), region by region
                 if grad_filters is not None:
-                    grad_filters[b, j] = g.t() @ rows[b].index_select(0, where)
-                if grad_rows is not None:
-                    grad_rows[b][where] = g @ filters[b, j]
+                    grouped = cols[b].index_select(1, order)
+                    for j, start, end in spans:
+                        grad_filters[b, j] = grads[:, start:end] @ grouped[:, start:end].t()
+                if grad_cols is not None:
+                    grouped_grad = torch.cat([filters[b, j].t() @ grads[:, start:end]
+                                              for j, start, end in spans], dim=1)
+                    grad_cols[b] = grouped_grad.index_select(1, back)
         if need_logits:
             # what every region's filters give at every pixel, against the output's gradient
             batch, regions, out_channels, width = filters.shape
-            every = torch.bmm(rows, filters.reshape(batch, regions * out_channels, width).transpose(1, 2))
-            score = (every.view(batch, -1, regions, out_channels) * grad_out.unsqueeze(2)).sum(dim=3)
+            every = torch.bmm(filters.reshape(batch, regions * out_channels, width), cols)
+            score = (every.view(batch, regions, out_channels, -1) * grad_out.unsqueeze(1)).sum(dim=2)
             prob = torch.softmax(logits, dim=1)
-            score = score.transpose(1, 2)  # (B, r, L)
             grad_logits = prob * (score - (prob * score).sum(dim=1, keepdim=True))
-        return grad_rows, grad_filters, grad_logits
+        return grad_cols, grad_filters, grad_logits
 
 
-def _region_pixels(region: torch.Tensor, regions: int):
-    """(sample, region, pixel indices) for every non-empty region of every sample."""
+def _grouped_by_region(region: torch.Tensor, regions: int):
+    """Per sample: the pixel order that groups pixels by region, the order that undoes it,
+    and (region, start, end) of each non-empty region's block."""
+    ids = torch.arange(regions, device=region.device).unsqueeze(1)
     for b in range(region.shape[0]):
-        for j in range(regions):
-            where = (region[b] == j).nonzero().squeeze(1)
-            if where.numel():
-                yield b, j, where
+        order = torch.argsort(region[b], stable=True)
+        back = torch.argsort(order)
+        counts = (region[b].unsqueeze(0) == ids).sum(dim=1).tolist()
+        spans, start = [], 0
+        for j, n in enumerate(counts):
+            if n:
+                spans.append((j, start, start + n))
+            start += n
+        yield b, order, back, spans
 
 
 class DRConv2d(nn.Module):
@@ -139,9 +153,9 @@ class DRConv2d(nn.Module):
         k, s = self.kernel_size, self.stride
         logits = self.guide(x)  # (B, r, H', W')
         out_h, out_w = logits.shape[-2:]
-        rows = F.unfold(x, k, padding=k // 2, stride=s).transpose(1, 2).contiguous()  # (B, H'W', C*k^2)
-        out = RouteByRegion.apply(rows, self.region_filters(x), logits.flatten(2))  # (B, H'W', O)
-        return out.transpose(1, 2).reshape(x.shape[0], self.out_channels, out_h, out_w)
+        cols = F.unfold(x, k, padding=k // 2, stride=s)  # (B, C*k^2, H'W')
+        out = RouteByRegion.apply(cols, self.region_filters(x), logits.flatten(2))
+        return out.view(x.shape[0], self.out_channels, out_h, out_w)
 
 
 class NaiveDRConv2d(DRConv2d):
@@ -212,7 +226,7 @@ def cost_of(channels: int, height: int, width: int, k: int = 3, regions: int = 8
             "output": b * o * out_hw * e,
         },
         implementation_bytes={
-            "unfolded columns (C*k^2*H'W')": b * c * k2 * out_hw * e,
+            "unfolded columns, and gathered (C*k^2*H'W' each)": 2 * b * c * k2 * out_hw * e,
             "region filters (r*O*C*k^2)": b * r * o * c * k2 * e,
         },
         notes=(f"r = {r}: the main term is r-independent; the generator costs r^2*C*O*k^2 "
