@@ -184,7 +184,7 @@ def test_drconv_net_choices_show_the_generators_growth_with_r():
 
 
 def test_drconv_net_counts_stage_by_stage_at_batch_2():
-    _counted_equals_exact_by_stage(DRCONV_NET, 2, 64)
+    _counted_equals_exact_by_stage(DRCONV_NET, 2, 32)
 
 
 @pytest.mark.slow
