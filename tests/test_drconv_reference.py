@@ -190,9 +190,9 @@ def test_route_by_region_gradcheck(k, s):
     """The custom backward's filter and input gradients against finite differences (the
     logits' gradient is a straight-through estimate: it has no finite-difference truth)."""
     torch.manual_seed(2)
-    x = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 1, 5, 4, dtype=torch.float64, requires_grad=True)
     out_pixels = ((5 - 1) // s + 1) * ((4 - 1) // s + 1)
-    filters = torch.randn(2, 3, 4, 2 * k * k, dtype=torch.float64, requires_grad=True)
+    filters = torch.randn(2, 3, 2, k * k, dtype=torch.float64, requires_grad=True)
     logits = torch.randn(2, 3, out_pixels, dtype=torch.float64)
     def route(a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         return RouteByRegion.apply(F.unfold(a, k, padding=k // 2, stride=s), f, logits)
