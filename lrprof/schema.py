@@ -185,10 +185,13 @@ class Schema:
 
 
 def split_list(text: str | Sequence[Any], param: str) -> list[Any]:
-    """'3,5,7' -> ['3', '5', '7']; a list stays a list."""
+    """'3,5,7' -> ['3', '5', '7']; a list stays a list; a single typed value (a boolean
+    flag such as --subsample) becomes a list of one."""
     if isinstance(text, str):
         items = [t.strip() for t in text.split(",")]
         if any(not t for t in items):
             raise SpecError(param, "a value or comma-separated values, none empty", text)
         return items
-    return list(text)
+    if isinstance(text, (list, tuple)):
+        return list(text)
+    return [text]

@@ -264,8 +264,8 @@ _table(MOVEMENT, _ZERO_MOVE, zero,
        "select_backward index_select index_select_backward cat stack split split_with_sizes "
        "unbind narrow flatten unflatten im2col col2im copy_ _to_copy to detach alias "
        "as_strided as_strided_ roll constant_pad_nd pad reflection_pad2d replication_pad2d "
-       "gather scatter scatter_add index index_put index_put_ _index_put_impl_ index_add "
-       "repeat pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle lift_fresh "
+       "gather scatter scatter_ scatter_add scatter_add_ index index_put index_put_ _index_put_impl_ "
+       "index_add repeat pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle lift_fresh "
        "new_zeros new_ones new_full new_empty new_empty_strided zeros zeros_like ones ones_like "
        "full full_like empty empty_like empty_strided fill_ zero_ arange scalar_tensor "
        "_local_scalar_dense unfold unfold_backward diagonal movedim _unsafe_split "
@@ -273,4 +273,4 @@ _table(MOVEMENT, _ZERO_MOVE, zero,
        "randn randn_like rand rand_like normal_ uniform_ bernoulli_ masked_scatter")
 _table(MASKING, _ZERO_MASK, zero,
        "masked_fill masked_fill_ where lt le gt ge eq ne logical_not logical_and logical_or "
-       "argmax argmin max min amax amin topk sort any all isnan isinf one_hot")
+       "argmax argmin max min amax amin topk sort any all isnan isinf one_hot aminmax")

@@ -20,10 +20,11 @@ STAGES = ("stem", "res2", "res3", "res4", "res5", "head")
 
 @dataclass(frozen=True)
 class PaperFigures:
-    """What a paper printed for a network: parameters and MACs (papers call them FLOPs)."""
+    """What a paper printed for a network: parameters (None: not printed) and MACs (papers
+    call them FLOPs)."""
 
     source: str
-    params: float
+    params: float | None
     macs: float
 
 

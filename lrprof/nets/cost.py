@@ -23,6 +23,7 @@ LEFT_OUT: dict[type, str] = {
     nn.BatchNorm2d: "normalisation", nn.ReLU: "activation", nn.MaxPool2d: "pooling",
     nn.AvgPool2d: "pooling", nn.AdaptiveAvgPool2d: "pooling", nn.Flatten: "data movement",
     nn.Identity: "data movement", nn.Dropout: "data movement", nn.Sigmoid: "activation",
+    nn.ChannelShuffle: "data movement",
 }
 
 
