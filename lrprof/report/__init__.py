@@ -16,7 +16,7 @@ from tabulate import tabulate
 
 from lrprof.errors import SpecError
 from lrprof.measure.timing import Stats
-from lrprof.record import Report
+from lrprof.record import Report, partial_text
 
 FORMATS = ("md", "csv", "json")
 
@@ -77,6 +77,8 @@ def latency_text(stats: Stats | None, digits: int = 3) -> str:
 
 def render_terminal(report: Report) -> str:
     parts = [f"lrprof {report.command} - {report.environment.summary()}"]
+    if report.partial:
+        parts.append(f"PARTIAL REPORT: {partial_text(report.partial)}")
     for section in (s for s in report.sections if s.show != "markdown"):
         parts.append(f"\n{section.title}")
         parts.append(_table(section.rows, "simple"))
@@ -88,6 +90,8 @@ def render_terminal(report: Report) -> str:
 
 def render_markdown(report: Report) -> str:
     parts = [f"# lrprof {report.command}", ""]
+    if report.partial:
+        parts += [f"**Partial report**: {partial_text(report.partial)}.", ""]
     parts += [f"- {line}" for line in environment_lines(report)]
     parts += [f"- created {report.created}", f"- command: `lrprof {' '.join(report.argv)}`", ""]
     for section in (s for s in report.sections if s.show != "terminal"):

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from lrprof.measure import device as device_facts
+from lrprof.measure import noise
 from lrprof.record import Record, Report, Section
 from lrprof.report import latency_text
 
@@ -189,4 +190,5 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
     threads = sorted({s.threads for s in timed if s.threads})
     if threads:
         notes.append(f"CPU timings ran on {', '.join(map(str, threads))} torch thread(s).")
+    notes += noise.report_notes(records)
     return Report("layer", environment, list(records), sections, notes, argv or [])
