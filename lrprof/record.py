@@ -227,8 +227,12 @@ def _optional_float(value: Any) -> float | None:
 def partial_text(partial: dict[str, Any]) -> str:
     """'interrupted by SIGINT: 1 of 3 rows measured; never measured: a; b'."""
     missing = "; ".join(partial.get("not_measured") or []) or "none"
-    return (f"interrupted by {partial.get('interrupted_by')}: {partial.get('rows_kept')} of "
-            f"{partial.get('rows_total')} rows measured; never measured: {missing}")
+    cause = (f"interrupted by {partial['interrupted_by']}" if partial.get("interrupted_by")
+             else "unfinished (still running, or killed)")
+    processes = (f"; timed in {partial['processes_done']} of {partial['processes_planned']} processes"
+                 if partial.get("processes_planned") else "")
+    return (f"{cause}: {partial.get('rows_kept')} of {partial.get('rows_total')} rows measured"
+            f"{processes}; never measured: {missing}")
 
 
 @dataclass

@@ -197,13 +197,30 @@ def flag_rows(records: list[Any], sessions: list[dict[str, Any]]) -> None:
 
 
 def warnings(records: list[Any]) -> list[str]:
-    """The distinct oversubscription warnings of these records' timing sessions."""
-    found: list[str] = []
+    """The oversubscription warning of these records' timing sessions (the first one's
+    text, and in how many sessions it happened)."""
+    sessions: list[dict[str, Any]] = []
     for record in records:
         for s in record.detail.get("noise") or []:
-            if s.get("warning") and s["warning"] not in found:
-                found.append(s["warning"])
-    return found
+            if s not in sessions:
+                sessions.append(s)
+    warned = [s["warning"] for s in sessions if s.get("warning")]
+    if not warned:
+        return []
+    where = f" (in {len(warned)} of {len(sessions)} timing sessions)" if len(sessions) > 1 else ""
+    return [warned[0] + where]
+
+
+def spread_text(stats: Any) -> str:
+    """'IQR 2.1% within, 6.3% between 3 processes': the two spreads side by side."""
+    if stats is None or not stats.median_ms:
+        return ""
+    within = f"IQR {stats.iqr_ms / stats.median_ms:.1%} within"
+    medians = stats.process_medians_ms()
+    if len(medians) < 2:
+        return within
+    between = (max(medians) - min(medians)) / stats.median_ms
+    return f"{within}, {between:.1%} between {len(medians)} processes (max-min of medians)"
 
 
 def report_notes(records: list[Any]) -> list[str]:

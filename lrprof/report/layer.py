@@ -31,6 +31,9 @@ def _m(value: float | int | None) -> float | None:
 def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
     backward = any("fwd_bwd" in r.latency for r in records)
     baseline = any("baseline" in r.derived for r in records)
+    replicated = any(s.processes > 1 for r in records for s in r.latency.values())
+    flagged = any(r.derived.get("timing_unreliable") for r in records)
+    instructions = any("fwd_instructions" in r.exact for r in records)
     rows = []
     for r in records:
         row: dict[str, Any] = {
@@ -44,6 +47,13 @@ def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
         if backward:
             row["bwd MACs (M)"] = _m(r.exact.get("bwd_MACs"))
             row["fwd+bwd ms median [IQR] n"] = latency_text(r.latency.get("fwd_bwd"))
+        if replicated:
+            row["fwd spread"] = noise.spread_text(r.latency.get("fwd"))
+        if flagged:
+            row["timing"] = ("unreliable: " + r.derived["timing_unreliable"]
+                             if r.derived.get("timing_unreliable") else "ok")
+        if instructions:
+            row["fwd instructions/call (M)"] = _m(r.exact.get("fwd_instructions"))
         row["fwd peak MiB"] = _mib(r.memory["fwd"].peak_bytes) if "fwd" in r.memory else None
         if backward:
             m = r.memory.get("fwd_bwd")
