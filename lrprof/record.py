@@ -217,7 +217,7 @@ class Record:
 
 
 # Derived columns compare needs back from a CSV row: which row is this row's baseline.
-READ_BACK_DERIVED = ("role", "baseline")
+READ_BACK_DERIVED = ("role", "baseline", "oversubscribed")
 
 
 def _optional_float(value: Any) -> float | None:
