@@ -122,23 +122,29 @@ def layer(**options: Any) -> None:
     paths = report_paths("layer", out)
     progress: list = []  # the records as far as measured, for a partial report
 
-    def keep(signal_name: str) -> tuple[int, int, Path]:
+    def partial_report(why: str | None):
         report = layer_report(progress, argv(), environment, grid.unavailable)
-        report.partial = partial_info(signal_name, progress, len(specs), measure.repeat)
+        report.partial = partial_info(why, progress, len(specs), measure.repeat)
+        return report
+
+    def update(found: list) -> None:  # after each step: a killed run keeps what it measured
+        progress[:] = found
+        write_report(partial_report(None), paths)
+
+    def keep(signal_name: str) -> tuple[int, int, Path]:
+        report = partial_report(signal_name)
         write_report(report, paths)
-        total = len(progress) or len(specs)
-        return total - len(report.partial["not_measured"]), total, paths["json"].parent
+        return report.partial["rows_kept"], report.partial["rows_total"], paths["json"].parent
 
     on_interrupt(keep)
-    records = profile_layers(specs, measure, on_update=lambda found: progress.__setitem__(
-        slice(None), found))
+    records = profile_layers(specs, measure, on_update=update)
     report = layer_report(records, argv(), environment, grid.unavailable)
     emit(report, out, flags["quiet"], paths)
     noise_warnings(records)
     raise typer.Exit(failures(records))
 
 
-def partial_info(signal_name: str, records: list, planned: int, repeat: int) -> dict[str, Any]:
+def partial_info(signal_name: str | None, records: list, planned: int, repeat: int) -> dict[str, Any]:
     """What an interrupted layer report holds: a row counts as measured when it was timed
     (with --repeat, in at least one process) or failed with its error recorded."""
     measured = [r for r in records if r.latency or r.error]
