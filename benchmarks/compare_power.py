@@ -35,7 +35,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,6 @@ HOG = textwrap.dedent('''\
 class Tally:
     hits: int = 0
     pairs: int = 0
-    ratios: list[float] = field(default_factory=list)
 
     def add(self, flagged: bool) -> None:
         self.hits += int(flagged)
@@ -91,7 +90,9 @@ class Tally:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=100, help="rounds (pairs of each kind)")
+    parser.add_argument("--pairs", type=int, default=100, help="pairs of identical code (rounds)")
+    parser.add_argument("--detection-pairs", type=int,
+                        help="rounds that also run the two slowed profiles (default: every round)")
     parser.add_argument("--repeat", type=int, default=5, help="processes per profile (--repeat)")
     parser.add_argument("--instruction-pairs", type=int, default=5,
                         help="identical and code-slowed pairs for the instruction gate (0: skip)")
@@ -176,8 +177,9 @@ def calibrate_spin(args: argparse.Namespace) -> int:
     on the pinned core with 1 thread."""
     import torch
 
-    from lrprof.layer import build_row, prepare_spec
+    from lrprof.layer import prepare_spec
     from lrprof.measure.timing import TimingOptions, time_callable
+    from lrprof.replicate import build_row
     from lrprof.spec import LayerSpec
 
     os.sched_setaffinity(0, {args.core})
@@ -247,23 +249,30 @@ def main() -> None:
         for gate, verdict in verdicts.items():
             tallies[gate].add(verdict)
 
+    detection = args.pairs if args.detection_pairs is None else min(args.detection_pairs, args.pairs)
+    profiles = 0
     previous = profile(args, work / "c0", base_env, args.repeat)
     for i in range(1, args.pairs + 1):
         clean = profile(args, work / f"c{i}", base_env, args.repeat)
-        slowed_machine = profile(args, work / f"m{i}", base_env, args.repeat, hog=True)
-        slowed_code = profile(args, work / f"k{i}", slow_env, args.repeat)
         score(false_alarms, previous, clean)
-        score(machine, clean, slowed_machine)
-        score(code, clean, slowed_code)
-        achieved["machine"].append(lr_ratio(clean, slowed_machine))
-        achieved["code"].append(lr_ratio(clean, slowed_code))
-        flagged_rows += sum(unreliable(p) for p in (clean, slowed_machine, slowed_code))
+        made = [clean]
+        if i <= detection:
+            slowed_machine = profile(args, work / f"m{i}", base_env, args.repeat, hog=True)
+            slowed_code = profile(args, work / f"k{i}", slow_env, args.repeat)
+            score(machine, clean, slowed_machine)
+            score(code, clean, slowed_code)
+            achieved["machine"].append(lr_ratio(clean, slowed_machine))
+            achieved["code"].append(lr_ratio(clean, slowed_code))
+            made += [slowed_machine, slowed_code]
+        flagged_rows += sum(unreliable(p) for p in made)
+        profiles += len(made)
         previous = clean
         elapsed = time.perf_counter() - started
         print(f"round {i}/{args.pairs}: {elapsed / 60:.1f} min so far, about "
               f"{elapsed / i * (args.pairs - i) / 60:.1f} min to go", flush=True)
 
     instr = {"identical": Tally(), "code": Tally()}
+    drift: list[float] = []  # instruction count change between identical profiles
     if args.instruction_pairs:
         prev = profile(args, work / "i0", base_env, 1, instructions=True)
         for j in range(1, args.instruction_pairs + 1):
@@ -271,6 +280,9 @@ def main() -> None:
             slow = profile(args, work / f"ik{j}", slow_env, 1, instructions=True)
             instr["identical"].add(_instructions_flagged(prev, same, raw))
             instr["code"].add(_instructions_flagged(same, slow, raw))
+            drift += _instruction_changes(prev, same)
+            achieved.setdefault("code (instructions)", []).append(
+                _instruction_ratio(same, slow))
             prev = same
             print(f"instruction pair {j}/{args.instruction_pairs} done", flush=True)
 
@@ -285,12 +297,33 @@ def main() -> None:
           f"{instr['identical'].text():>13s} {'n/a':>15s} {instr['code'].text():>12s}")
     for kind, ratios in achieved.items():
         if ratios:
-            print(f"achieved {kind} slowdown of the layer's median: median {statistics.median(ratios):.3f}x, "
+            print(f"achieved {kind} slowdown of the layer: median {statistics.median(ratios):.3f}x, "
                   f"range {min(ratios):.3f}-{max(ratios):.3f}x over {len(ratios)} pairs")
-    print(f"rows flagged unreliable: {flagged_rows} of {2 * 3 * args.pairs}; load average "
+    if drift:
+        print(f"instruction counts of identical code: largest change {max(drift):.4%} over "
+              f"{len(drift)} row comparisons")
+    print(f"rows flagged unreliable: {flagged_rows} of {2 * profiles}; load average "
           f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; {minutes:.1f} minutes")
     print("machine slower: a duty-cycle process on the measured core; normalised gates divide it out "
           "(blind by design) and are scored on the code slowdown. false alarms: pairs of identical code.")
+
+
+def _instruction_counts(path: Path) -> dict[str, int]:
+    data = json.loads(path.read_text())
+    return {r["name"]: r["exact"]["fwd_instructions"] for r in data["records"]
+            if "fwd_instructions" in r["exact"]}
+
+
+def _instruction_changes(old: Path, new: Path) -> list[float]:
+    a, b = _instruction_counts(old), _instruction_counts(new)
+    return [abs(b[n] - a[n]) / a[n] for n in a if n in b and a[n]]
+
+
+def _instruction_ratio(old: Path, new: Path) -> float:
+    """new / old instructions of the local relation row."""
+    a, b = _instruction_counts(old), _instruction_counts(new)
+    name = next(n for n in a if n.startswith("lr"))
+    return b[name] / a[name]
 
 
 def _instructions_flagged(old: Path, new: Path, thresholds: Thresholds) -> bool:

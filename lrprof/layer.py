@@ -26,7 +26,7 @@ from lrprof.measure.instructions import count_rows
 from lrprof.measure.timing import TimingOptions
 from lrprof.ops import CostModel, OpDef, get_op, resolve_spec
 from lrprof.record import Record
-from lrprof.replicate import time_in_processes
+from lrprof.replicate import build_row, time_in_processes
 from lrprof.spec import LayerSpec, resolve_device
 from lrprof.steps import Phase, add_stock_counts, measure_memory, phase_calls, run_step, time_rows
 
@@ -159,14 +159,6 @@ def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None
         update()
     return [row.record for row in rows.values()]
 
-
-def build_row(spec: LayerSpec, seed: int, device: torch.device) -> tuple[nn.Module, tuple[Any, ...]]:
-    """The module and inputs of a resolved spec: the same weights and input for a given
-    seed in every process (timing replicates, instruction counts)."""
-    op = get_op(spec.op)
-    torch.manual_seed(seed)
-    module = op.impl(spec.impl).build(spec).to(device=device, dtype=spec.torch_dtype).eval()
-    return module, op.make_inputs(spec, torch.Generator().manual_seed(seed))
 
 
 def profile_layer(spec: LayerSpec, options: MeasureOptions | None = None) -> Record:

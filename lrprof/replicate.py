@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lrprof.errors import describe
 from lrprof.measure import noise
@@ -34,6 +35,17 @@ from lrprof.record import Record
 from lrprof.spec import LayerSpec
 
 WORKER_TIMEOUT_S = 3600  # a hung worker must not hang the profile forever
+
+
+def build_row(spec: LayerSpec, seed: int, device: torch.device) -> tuple[nn.Module, tuple[Any, ...]]:
+    """The module and inputs of a resolved spec: the same weights and input for a given
+    seed in every process (the profile, its timing replicates, its instruction counts)."""
+    from lrprof.ops import get_op
+
+    op = get_op(spec.op)
+    torch.manual_seed(seed)
+    module = op.impl(spec.impl).build(spec).to(device=device, dtype=spec.torch_dtype).eval()
+    return module, op.make_inputs(spec, torch.Generator().manual_seed(seed))
 
 
 def spec_to_dict(spec: LayerSpec) -> dict[str, Any]:
@@ -132,7 +144,6 @@ def _add_error(record: Record, text: str) -> None:
 
 def worker(request: dict[str, Any]) -> dict[str, Any]:
     """Build and time every requested row in this process; JSON-ready results."""
-    from lrprof.layer import build_row
     from lrprof.steps import phase_calls, time_phases
 
     torch.set_num_threads(int(request["threads"]))

@@ -48,8 +48,9 @@ class RatioTest:
         return self.low > 1.0 or self.high < 1.0
 
     def interval_text(self) -> str:
-        procs = f"{self.processes[0]} vs {self.processes[1]} process(es)"
-        return f"{self.confidence:.0%} CI {self.low:.3f}-{self.high:.3f}x, {procs}"
+        a, b = self.processes
+        procs = f"{a} vs {b} process{'es' if max(a, b) > 1 else ''}"
+        return f"{self.confidence:.0%} CI {self.low:.3f}-{self.high:.3f}x ({procs})"
 
 
 def _padded(groups: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:

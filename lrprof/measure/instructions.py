@@ -112,8 +112,7 @@ def _collect(fn: Any, number: int) -> None:
 def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
     """Count every row; returns the manifest (what each dump, in order, holds)."""
     from lrprof.errors import describe
-    from lrprof.layer import build_row
-    from lrprof.replicate import spec_from_dict
+    from lrprof.replicate import build_row, spec_from_dict
     from lrprof.steps import phase_calls
 
     torch.set_num_threads(1)

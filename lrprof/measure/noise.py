@@ -233,16 +233,29 @@ def report_notes(records: list[Any]) -> list[str]:
     if not sessions:
         return []
     notes = []
-    for i, s in enumerate(sessions):
+    if len(sessions) == 1:
+        s = sessions[0]
         before, after = s["before"], s["after"]
-        label = f"timing session {i + 1} of {len(sessions)}" if len(sessions) > 1 else "timing"
-        text = (f"{label}: load average {_fmt(before.get('load_average'))} before, "
+        text = (f"timing: load average {_fmt(before.get('load_average'))} before, "
                 f"{_fmt(after.get('load_average'))} after; other runnable tasks on the allowed "
                 f"cores {_fmt(before.get('other_runnable'))} before, {_fmt(after.get('other_runnable'))} "
                 f"after; {s.get('threads') or 'n/a'} torch thread(s) on cores {before.get('affinity')}; "
                 f"governor {_governor(before.get('governors'))}")
         if "cuda" in before:
             text += f"; CUDA {before['cuda']} before, {after.get('cuda')} after"
+        notes.append(text)
+    else:
+        snaps = [snap for s in sessions for snap in (s["before"], s["after"])]
+        loads = [snap["load_average"][0] for snap in snaps if snap.get("load_average")]
+        others = [snap["other_runnable"] for snap in snaps if snap.get("other_runnable") is not None]
+        text = (f"timing: {len(sessions)} sessions (one per process); 1-minute load average "
+                f"{_range(loads)}; other runnable tasks on the allowed cores {_range(others)}; "
+                f"{sessions[0].get('threads') or 'n/a'} torch thread(s) on cores "
+                f"{sessions[0]['before'].get('affinity')}; governor "
+                f"{_governor(sessions[0]['before'].get('governors'))}")
+        cuda = [(s["before"].get("cuda"), s["after"].get("cuda")) for s in sessions if "cuda" in s["before"]]
+        if cuda:
+            text += "; CUDA before/after per session: " + "; ".join(f"{a} / {b}" for a, b in cuda)
         notes.append(text)
     notes += [f"warning: {w}" for w in warnings(records)]
     flagged = [f"{r.name} ({r.derived['timing_unreliable']})" for r in records
@@ -257,6 +270,12 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
+
+
+def _range(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"{min(values):.2f}" if min(values) == max(values) else f"{min(values):.2f}-{max(values):.2f}"
 
 
 def _governor(found: dict[str, str] | None) -> str:
