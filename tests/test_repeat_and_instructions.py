@@ -190,7 +190,8 @@ def test_failed_valgrind_is_recorded_in_the_rows(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_real_callgrind_counts_are_stable_between_processes(tmp_path, capsys):
-    """Two real valgrind runs of the same rows: instruction counts within 0.1 %."""
+    """Two real valgrind runs of the same rows: instruction counts within the gate's default
+    1 % (seen here: 0.0002 % for a 41 M-instruction layer, 0.1 % for a 0.9 M one)."""
     instructions.check_available()
     counts = []
     for i in range(2):
@@ -199,7 +200,7 @@ def test_real_callgrind_counts_are_stable_between_processes(tmp_path, capsys):
         data = json.loads((out / "layer.json").read_text())
         counts.append([r["exact"]["fwd_instructions"] for r in data["records"]])
     for a, b in zip(*counts, strict=True):
-        assert a > 10_000 and abs(a - b) / a < 1e-3
+        assert a > 10_000 and abs(a - b) / a < 0.01
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "run0" / "layer.json"), str(tmp_path / "run1" / "layer.json"),
                  "--max-slowdown", "1000%"]) == 0

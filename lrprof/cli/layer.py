@@ -4,6 +4,7 @@ generated from the operators' schemas (`lrprof ops` lists them)."""
 from __future__ import annotations
 
 import inspect
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ import typer
 from lrprof.cli import app, argv, emit, failures, noise_warnings, on_interrupt, out_dir, set_threads
 from lrprof.errors import SpecError
 
+UNFINISHED_EVERY_S = 2.0  # the unfinished report is rewritten at most this often
 HELP = "Measure layer configurations beside a 3x3 conv baseline, and check them against their cost models."
 
 # name, type, default, help: the options every operator shares
@@ -127,9 +129,13 @@ def layer(**options: Any) -> None:
         report.partial = partial_info(why, progress, len(specs), measure.repeat)
         return report
 
+    written = [0.0]  # when the unfinished report was last written
+
     def update(found: list) -> None:  # after each step: a killed run keeps what it measured
         progress[:] = found
-        write_report(partial_report(None), paths)
+        if time.monotonic() - written[0] >= UNFINISHED_EVERY_S:  # big grids: not every row
+            write_report(partial_report(None), paths)
+            written[0] = time.monotonic()
 
     def keep(signal_name: str) -> tuple[int, int, Path]:
         report = partial_report(signal_name)
