@@ -1,8 +1,11 @@
 """How often do lrprof compare's gates cry wolf, and how often do they catch a real slowdown?
 Measured for real: fresh `lrprof layer` profiles, compared pair by pair.
 
-    python benchmarks/compare_power.py --pairs 100            # the full experiment
-    python benchmarks/compare_power.py --pairs 3 --instruction-pairs 1   # a smoke run
+    python benchmarks/compare_power.py --pairs 100 --repeat 5 --instruction-pairs 5   # the full run
+    python benchmarks/compare_power.py --pairs 3 --repeat 3 --instruction-pairs 1    # a smoke run
+
+It prints its progress and an estimate of the time left after every round; run it on a
+quiet machine (nothing else on the measured core), as root or a user allowed to pin.
 
 Every profile is a fresh `lrprof layer` process (one small local relation layer beside its
 3x3 conv baseline, 1 thread, pinned to one core, `--repeat R`). In each round i it runs:
@@ -146,7 +149,7 @@ def first_process(path: Path) -> Path:
     report = Report.from_dict(json.loads(path.read_text()))
     for record in report.records:
         for phase, stats in record.latency.items():
-            first = stats.process_samples()[0]
+            first = next(g for g in stats.process_samples() if len(g) >= 2)
             record.latency[phase] = Stats.from_times(list(first), stats.calls_per_run, stats.method,
                                                      stats.threads)
     out = path.with_name("layer.first.json")
