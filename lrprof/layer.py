@@ -10,6 +10,7 @@ and hold the count against the exact and the published cost models.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +22,11 @@ from lrprof.errors import SpecError, require_int
 from lrprof.measure import counting
 from lrprof.measure.accuracy import METHOD as OUTPUT_METHOD
 from lrprof.measure.accuracy import compare_with_reference
+from lrprof.measure.instructions import count_rows
 from lrprof.measure.timing import TimingOptions
 from lrprof.ops import CostModel, OpDef, get_op, resolve_spec
 from lrprof.record import Record
+from lrprof.replicate import build_row, time_in_processes
 from lrprof.spec import LayerSpec, resolve_device
 from lrprof.steps import Phase, add_stock_counts, measure_memory, phase_calls, run_step, time_rows
 
@@ -40,9 +43,12 @@ class MeasureOptions:
     check_output: bool = True
     baseline: bool = True  # a dense 3x3 conv of each row's shape, timed in the same schedule
     seed: int = 0
+    repeat: int = 1  # > 1: time the rows in this many fresh processes and pool (lrprof.replicate)
+    instructions: bool = False  # also count instructions per call under callgrind (CPU rows)
 
     def __post_init__(self) -> None:
         require_int("memory-runs", self.memory_runs, 1)
+        require_int("repeat", self.repeat, 1)
 
 
 def available_impls(op: OpDef, device: torch.device, dtype: str) -> tuple[list[str], dict[str, str]]:
@@ -97,12 +103,18 @@ def _key(spec: LayerSpec) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in spec.config().items()))
 
 
-def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None) -> list[Record]:
+def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None,
+                   on_update: Callable[[list[Record]], None] | None = None) -> list[Record]:
     """Measure every configuration (and, with `options.baseline`, its 3x3 conv baseline),
     timed in one interleaved schedule. Invalid specs raise SpecError before anything is
-    measured; failures while measuring are kept in each record's `error`."""
+    measured; failures while measuring are kept in each record's `error`.
+    `on_update(records)` runs after each step (partial reports of an interrupted run)."""
     options = options or MeasureOptions()
     rows: dict[tuple, _Row] = {}
+
+    def update() -> None:
+        if on_update:
+            on_update([row.record for row in rows.values()])
 
     def add(spec: LayerSpec, role: str) -> _Row:
         row = rows.get(_key(spec))
@@ -122,16 +134,31 @@ def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None
                 row.baseline = add(reference, BASELINE)
     for row in rows.values():
         row.record.derived["role"] = ", ".join(row.roles)
+    update()
+    for row in rows.values():
         _prepare(row, options)
+        update()
     for device in {row.device for row in rows.values()}:
-        timed = [(r.record, r.phases) for r in rows.values() if r.device == device and r.phases]
-        time_rows(timed, device, options.timing)
+        timed = [r for r in rows.values() if r.device == device and r.phases]
+        if options.repeat > 1:
+            time_in_processes([(r.spec, r.record) for r in timed], device, options.repeat,
+                              options.timing, options.backward, options.seed,
+                              on_process=lambda _: update())
+        else:
+            time_rows([(r.record, r.phases) for r in timed], device, options.timing)
+        update()
     for row in rows.values():
         if row.phases:
             measure_memory(row.record, row.phases, row.device, options.memory_runs)
     for row in rows.values():
         _derive(row)
+    update()
+    if options.instructions:
+        cpu = [r for r in rows.values() if r.phases and r.device.type == "cpu"]
+        count_rows([(r.spec, r.record) for r in cpu], options.backward, options.seed)
+        update()
     return [row.record for row in rows.values()]
+
 
 
 def profile_layer(spec: LayerSpec, options: MeasureOptions | None = None) -> Record:
@@ -156,11 +183,9 @@ def _prepare(row: _Row, options: MeasureOptions) -> None:
         "implementation_bytes": cost.implementation_bytes,
     })
     record.derived["analytic_activation_bytes"] = sum(cost.activation_bytes.values())
-    torch.manual_seed(options.seed)
 
     def build() -> None:
-        row.module = impl.build(spec).to(device=device, dtype=spec.torch_dtype).eval()
-        row.inputs = op.make_inputs(spec, torch.Generator().manual_seed(options.seed))
+        row.module, row.inputs = build_row(spec, options.seed, device)
 
     if not run_step(record, "building", build, device):
         return

@@ -32,6 +32,10 @@ EXACT_COLUMNS: list[str] = ["params", "fwd_MACs", "bwd_MACs", "exact_MACs", "fwd
 LEGACY_NAMES = {"counted_MACs": "fwd_MACs", "counted_softmax_exps": "fwd_exps",
                 "exact_softmax_exps": "exact_exps"}
 PHASES = ("fwd", "fwd_bwd")
+# Instructions per call under callgrind (`--instructions`): nearly deterministic, gated with
+# their own small threshold rather than as exact figures.
+INSTRUCTION_COLUMNS: list[str] = [f"{phase}_instructions" for phase in PHASES]
+_NOISE_FIELDS = ("minor_faults_per_call", "major_faults_per_call", "involuntary_switches_per_s")
 _STAT_FIELDS = ("median", "q1", "q3", "min", "max")
 ENV_COLUMNS = ["device_name", "torch_version", "lrprof_version", "git_commit"]
 
@@ -56,7 +60,11 @@ def _renamed(figures: dict[str, Any]) -> dict[str, Any]:
 
 def latency_columns(phase: str) -> list[str]:
     return [f"{phase}_{f}_ms" for f in _STAT_FIELDS] + [f"{phase}_runs", f"{phase}_calls_per_run",
-                                                         f"{phase}_samples_ms"]
+                                                         f"{phase}_samples_ms", f"{phase}_process_runs"]
+
+
+def noise_columns(phase: str) -> list[str]:
+    return [f"{phase}_{f}" for f in _NOISE_FIELDS]
 
 
 def samples_text(samples: tuple[float, ...]) -> str:
@@ -70,6 +78,15 @@ def parse_samples(text: Any) -> tuple[float, ...]:
     if isinstance(text, (int, float)):
         return (float(text),)
     return tuple(float(v) for v in str(text).split())
+
+
+def parse_counts(text: Any) -> tuple[int, ...]:
+    """'10 10 9' (runs per process) -> (10, 10, 9)."""
+    if text in (None, ""):
+        return ()
+    if isinstance(text, int):
+        return (text,)
+    return tuple(int(v) for v in str(text).split())
 
 
 def memory_columns(phase: str) -> list[str]:
@@ -109,6 +126,10 @@ class Record:
             row[f"{phase}_runs"] = stats.runs if stats else None
             row[f"{phase}_calls_per_run"] = stats.calls_per_run if stats else None
             row[f"{phase}_samples_ms"] = samples_text(stats.samples_ms) if stats else None
+            row[f"{phase}_process_runs"] = (" ".join(map(str, stats.process_runs))
+                                            if stats and stats.process_runs else None)
+            for col, f in zip(noise_columns(phase), _NOISE_FIELDS, strict=True):
+                row[col] = getattr(stats, f) if stats else None
         row["timing_method"] = timing.method if timing else None
         row["threads"] = timing.threads if timing else None
         mem = next(iter(self.memory.values()), None)
@@ -162,7 +183,7 @@ class Record:
         else:  # a report from before rows named their identity
             config = {c: row[c] for c in LEGACY_CONFIG_COLUMNS if row.get(c) not in (None, "")}
         row = _renamed(row)
-        exact = {c: row[c] for c in EXACT_COLUMNS if row.get(c) not in (None, "")}
+        exact = {c: row[c] for c in EXACT_COLUMNS + INSTRUCTION_COLUMNS if row.get(c) not in (None, "")}
         latency = {}
         for phase in PHASES:
             if row.get(f"{phase}_median_ms") in (None, ""):
@@ -174,6 +195,9 @@ class Record:
                 method=str(row.get("timing_method") or ""),
                 threads=int(row["threads"]) if row.get("threads") not in (None, "") else None,
                 samples_ms=parse_samples(row.get(f"{phase}_samples_ms")),
+                process_runs=parse_counts(row.get(f"{phase}_process_runs")),
+                **{f: _optional_float(row.get(c))
+                   for c, f in zip(noise_columns(phase), _NOISE_FIELDS, strict=True)},
             )
         memory = {}
         for phase in PHASES:
@@ -186,9 +210,29 @@ class Record:
                 resident_bytes=int(float(resident)) if resident not in (None, "") else None,
                 method=str(row.get("memory_method") or ""),
             )
+        derived = {c: row[c] for c in READ_BACK_DERIVED if row.get(c) not in (None, "")}
         return cls(kind=str(row.get("kind") or ""), name=str(row.get("name") or ""),
                    config=config, exact=exact, latency=latency, memory=memory,
-                   error=row.get("error") or None)
+                   derived=derived, error=row.get("error") or None)
+
+
+# Derived columns compare needs back from a CSV row: which row is this row's baseline.
+READ_BACK_DERIVED = ("role", "baseline", "oversubscribed")
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+def partial_text(partial: dict[str, Any]) -> str:
+    """'interrupted by SIGINT: 1 of 3 rows measured; never measured: a; b'."""
+    missing = "; ".join(partial.get("not_measured") or []) or "none"
+    cause = (f"interrupted by {partial['interrupted_by']}" if partial.get("interrupted_by")
+             else "unfinished (still running, or killed)")
+    processes = (f"; timed in {partial['processes_done']} of {partial['processes_planned']} processes"
+                 if partial.get("processes_planned") else "")
+    return (f"{cause}: {partial.get('rows_kept')} of {partial.get('rows_total')} rows measured"
+            f"{processes}; never measured: {missing}")
 
 
 @dataclass
@@ -220,9 +264,16 @@ class Report:
     )
     # PNGs beside the markdown: {"file": name relative to it, "title": ..., "caption": ...}
     figures: list[dict[str, str]] = field(default_factory=list)
+    # Set when the run was interrupted: {"interrupted_by", "rows_kept", "rows_total",
+    # "not_measured": [names]}; None for a complete report.
+    partial: dict[str, Any] | None = None
 
     def rows(self) -> list[dict[str, Any]]:
-        return [r.row(self.environment) for r in self.records]
+        rows = [r.row(self.environment) for r in self.records]
+        if self.partial:  # every CSV row says the file is incomplete
+            for row in rows:
+                row["partial_report"] = partial_text(self.partial)
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -231,6 +282,7 @@ class Report:
             "argv": self.argv,
             "created": self.created,
             "environment": self.environment.to_dict(),
+            "partial": self.partial,
             "notes": self.notes,
             "figures": self.figures,
             "records": [r.to_dict() for r in self.records],
@@ -252,4 +304,5 @@ class Report:
             argv=list(data.get("argv", [])),
             created=data.get("created", ""),
             figures=list(data.get("figures") or []),
+            partial=data.get("partial"),
         )

@@ -13,10 +13,10 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from lrprof.errors import describe
-from lrprof.measure import stock
+from lrprof.measure import noise, stock
 from lrprof.measure.counting import CountResult
 from lrprof.measure.memory import peak_memory, tensor_bytes
-from lrprof.measure.timing import TimingOptions, time_interleaved
+from lrprof.measure.timing import Stats, TimingOptions, time_interleaved
 from lrprof.record import Record
 
 PHASES = ("fwd", "fwd_bwd")
@@ -116,19 +116,34 @@ def phase_calls(model: nn.Module, inputs: Sequence[Any], backward: bool, input_g
 
 
 def time_rows(rows: Sequence[tuple[Record, dict[str, Phase]]], device: torch.device,
-              timing: TimingOptions) -> None:
-    """Every phase of every row in one interleaved schedule; a failure stays in its row."""
-    candidates = [((index, name), phase.fn)
-                  for index, (_, phases) in enumerate(rows) for name, phase in phases.items()]
-    results = time_interleaved(candidates, device, timing)
+              timing: TimingOptions) -> dict[str, Any]:
+    """Every phase of every row in one interleaved schedule; a failure stays in its row.
+    The machine's noise is read before and after (returned, and flagged in the rows)."""
+    results, session = time_phases([phases for _, phases in rows], device, timing)
     for (index, name), result in results.items():
         record = rows[index][0]
         if isinstance(result, Exception):
             add_error(record, f"timing {name}: {describe(result)}")
         else:
             record.latency[name] = result
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    noise.flag_rows([record for record, _ in rows], [session])
+    return session
+
+
+def time_phases(rows: Sequence[dict[str, Phase]], device: torch.device, timing: TimingOptions
+                ) -> tuple[dict[tuple[int, str], Stats | Exception], dict[str, Any]]:
+    """Time every phase of every row interleaved: {(row index, phase): Stats or the
+    exception}, and the noise session around it."""
+    candidates = [((index, name), phase.fn)
+                  for index, phases in enumerate(rows) for name, phase in phases.items()]
+    before = noise.snapshot(device)
+    try:
+        results = time_interleaved(candidates, device, timing)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    threads = None if device.type == "cuda" else torch.get_num_threads()
+    return results, noise.session(before, noise.snapshot(device), threads, device)
 
 
 def measure_memory(record: Record, phases: dict[str, Phase], device: torch.device, runs: int) -> None:

@@ -26,7 +26,7 @@ from lrprof.spec import LayerSpec
 SMALL = {"channels": "8", "size": "8", "k": "3", "m": "4", "min-time": "0.05", "min-runs": "3",
          "device": "cpu"}
 SHORT_TIMING = TimingOptions(min_runs=3, min_time_s=0.05, warmup=1, warmup_s=0)
-FILES = ["layer.csv", "layer.json", "layer.md"]
+FILES = ["layer-rows.png", "layer.csv", "layer.json", "layer.md"]
 LATENCY = ["median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "runs", "calls_per_run"]
 MEMORY = ["peak_bytes", "peak_min_bytes", "peak_max_bytes", "memory_runs"]
 REQUIRED_COLUMNS = [
@@ -107,7 +107,8 @@ def test_layer_prints_table_and_writes_three_stable_files(plain_run):
         assert title in plain_run.out
     assert "lr[unfold] k=3 m=4 s=1 C=8 8x8 B=1" in plain_run.out
     wrote = [line for line in plain_run.out.splitlines() if line.startswith("wrote ")]
-    assert wrote == ["wrote " + ", ".join(str(plain_run.dir / f"layer.{f}") for f in ("md", "csv", "json"))]
+    files = [plain_run.dir / f"layer.{f}" for f in ("md", "csv", "json")] + [plain_run.dir / "layer-rows.png"]
+    assert wrote == ["wrote " + ", ".join(map(str, files))]
     assert sorted(os.listdir(plain_run.dir)) == FILES  # atomic writes leave no temp/probe files
 
 
@@ -223,9 +224,9 @@ def test_layer_without_out_writes_timestamped_reports(tmp_path, monkeypatch):
     assert run.rc == 0
     assert len(run.out.splitlines()) == 1 and run.out.startswith("wrote reports/layer-")
     names = sorted(os.listdir(tmp_path / "reports"))
-    assert len(names) == 3
-    assert all(re.fullmatch(r"layer-\d{8}-\d{6}\.(csv|json|md)", n) for n in names), names
-    assert len({n.rsplit(".", 1)[0] for n in names}) == 1
+    assert len(names) == 4
+    assert all(re.fullmatch(r"layer-\d{8}-\d{6}(\.(csv|json|md)|-rows\.png)", n) for n in names), names
+    assert len({n.rsplit(".", 1)[0].removesuffix("-rows") for n in names}) == 1
 
 
 def test_report_records_the_argv_given(plain_run):

@@ -24,7 +24,8 @@ def test_net_vs_writes_stage_breakdown_and_ratios(tmp_path, capsys):
     assert "MACs vs time per stage" in out
     assert "lr26 vs resnet26, same run" in out
     assert "MACs lr26 / resnet26" in (tmp_path / "net.md").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.csv", "net.json", "net.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "net-layers.png", "net-stages.png", "net-versus.png", "net.csv", "net.json", "net.md"]
     rows = list(csv.DictReader((tmp_path / "net.csv").open()))
     kinds = {(r["kind"], r["net"]) for r in rows}
     assert {("net", "lr26"), ("net", "resnet26"), ("stage", "lr26"), ("net-layer", "resnet26")} <= kinds

@@ -194,7 +194,8 @@ def test_slower_row_in_json(tmp_path, capsys):
     assert fwd["change_pct"] == pytest.approx(50.0)
     assert "IQR" in fwd["why"]
     assert data["thresholds"] == {"max_slowdown": 0.10, "max_memory_growth": 0.05,
-                                  "allow_model_change": False, "require_all": False}
+                                  "max_instruction_growth": 0.01, "allow_model_change": False,
+                                  "require_all": False, "normalize": "none", "confidence": 0.99}
 
 
 def test_faster_row_is_better_and_passes(tmp_path, capsys, base):
@@ -733,10 +734,10 @@ def test_json_output_names_inputs_and_metrics(tmp_path, capsys):
     assert rc == 1
     assert data["old"] == str(old) and data["new"] == str(new)
     row = data["rows"][0]
-    assert set(row) == {"kind", "name", "config", "status", "metrics"}
+    assert set(row) == {"kind", "name", "config", "status", "metrics", "unreliable"}
     assert row["kind"] == "layer" and row["config"]["k"] == 3
     for m in row["metrics"]:
-        assert set(m) == {"metric", "old", "new", "change_pct", "status", "why"}
+        assert set(m) == {"metric", "old", "new", "change_pct", "status", "why", "test"}
 
 
 # ---- bugs: semantics -------------------------------------------------------------------------

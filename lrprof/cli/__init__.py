@@ -7,7 +7,9 @@ allowed, and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -77,6 +79,14 @@ def emit(report, out: Path | None, quiet: bool, paths=None, plots: bool = True) 
     return written
 
 
+def noise_warnings(records) -> None:
+    """Oversubscription seen while timing: one stderr line each."""
+    from lrprof.measure import noise
+
+    for warning in noise.warnings(records):
+        typer.echo(f"lrprof: warning: {warning}", err=True)
+
+
 def failures(records) -> int:
     """One stderr line per failed measurement or failed check; the exit status they mean."""
     failed = False
@@ -90,12 +100,74 @@ def failures(records) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM. A BaseException, like KeyboardInterrupt, so no `except Exception`
+    of a measuring step swallows it, and raised by our own handler so the command-line
+    parser does not turn it into its own abort."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM
+
+
+# What a measuring command has kept so far: called on an interrupt, it writes a partial
+# report and returns (rows kept, rows planned, directory written).
+_keepers: list[Callable[[str], tuple[int, int, Path]]] = []
+
+
+def on_interrupt(keep: Callable[[str], tuple[int, int, Path]]) -> None:
+    _keepers[:] = [keep]
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def _interrupted(exc: Interrupted) -> int:
+    """One line, the partial report written; a second signal meanwhile is ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    if not _keepers:
+        typer.echo("interrupted: nothing measured yet", err=True)
+        return exc.exit_code
+    try:
+        kept, total, where = _keepers[0](str(exc))
+    except Exception as failure:  # the partial report is a courtesy: say why it is missing
+        typer.echo(f"interrupted: partial report not written ({failure})", err=True)
+        return exc.exit_code
+    typer.echo(f"interrupted: kept {kept} of {total} rows in {where}", err=True)
+    return exc.exit_code
+
+
 def main(args: list[str] | None = None) -> int:
-    """Entry point: runs the app and turns every usage error into one line and status 2."""
+    """Entry point: runs the app and turns every usage error into one line and status 2,
+    and an interrupt (Ctrl-C, SIGTERM) into one line and status 130 or 143."""
     layer.refresh()  # operators registered since import get their options
     command = typer.main.get_command(app)
     args = sys.argv[1:] if args is None else list(args)
     _invocation[:] = args
+    _keepers.clear()
+    handlers = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, _raise_interrupted)
+    except ValueError:  # not the main thread: signals stay as they are
+        handlers = {}
+    try:
+        return _run(command, args)
+    except Interrupted as exc:
+        return _interrupted(exc)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        _keepers.clear()
+
+
+def _run(command, args: list[str]) -> int:
     try:
         result = command.main(args=args, prog_name="lrprof", standalone_mode=False)
     except SpecError as exc:
@@ -106,9 +178,8 @@ def main(args: list[str] | None = None) -> int:
     except InputError as exc:
         typer.echo(f"lrprof: error: {exc}", err=True)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        typer.echo("lrprof: interrupted", err=True)
-        return 130
+    except KeyboardInterrupt:  # SIGINT while our handler was not installed
+        raise Interrupted(signal.SIGINT) from None
     except Exception as exc:
         # Usage errors of the parser (unknown option, not an integer, ...) carry an exit
         # code and a message; anything else is a bug and keeps its traceback.

@@ -17,6 +17,13 @@ def compare(
     new: Annotated[Path, typer.Argument(help="current report (.json or .csv)")],
     max_slowdown: Annotated[str, typer.Option(help="latency growth allowed, e.g. 10%")] = "10%",
     max_memory_growth: Annotated[str, typer.Option(help="peak memory growth allowed")] = "5%",
+    max_instruction_growth: Annotated[
+        str, typer.Option(help="growth of instructions per call allowed (reports made with --instructions)")
+    ] = "1%",
+    normalize: Annotated[
+        str, typer.Option(help="none, or baseline: gate each row's latency relative to the 3x3 conv "
+                          "baseline row of the same run (cancels machine speed; for shared runners)")
+    ] = "none",
     allow_model_change: Annotated[
         bool, typer.Option("--allow-model-change", help="do not fail when params or MACs change")
     ] = False,
@@ -35,9 +42,13 @@ def compare(
 
     if format_ not in cmp.RENDERERS:
         raise SpecError("format", f"one of {', '.join(cmp.RENDERERS)}", format_)
+    if normalize not in cmp.NORMALIZE:
+        raise SpecError("normalize", f"one of {', '.join(cmp.NORMALIZE)}", normalize)
     thresholds = cmp.Thresholds(
         max_slowdown=cmp.parse_percent(max_slowdown, "max-slowdown"),
         max_memory_growth=cmp.parse_percent(max_memory_growth, "max-memory-growth"),
+        max_instruction_growth=cmp.parse_percent(max_instruction_growth, "max-instruction-growth"),
+        normalize=normalize,
         allow_model_change=allow_model_change,
         require_all=require_all,
     )

@@ -4,14 +4,16 @@ generated from the operators' schemas (`lrprof ops` lists them)."""
 from __future__ import annotations
 
 import inspect
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from lrprof.cli import app, argv, emit, failures, out_dir, set_threads
+from lrprof.cli import app, argv, emit, failures, noise_warnings, on_interrupt, out_dir, set_threads
 from lrprof.errors import SpecError
 
+UNFINISHED_EVERY_S = 2.0  # the unfinished report is rewritten at most this often
 HELP = "Measure layer configurations beside a 3x3 conv baseline, and check them against their cost models."
 
 # name, type, default, help: the options every operator shares
@@ -27,10 +29,15 @@ COMMON: list[tuple[str, Any, Any, str]] = [
     ("threads", int | None, None, "CPU threads (default: torch's)"),
     ("min_runs", int, 10, "fewest timed runs per row and phase (>= 2)"),
     ("min_time", float, 0.5, "CPU: seconds of timed calls per row and phase, at least"),
+    ("repeat", int, 1, "time all rows in N fresh processes (interleaved in each) and pool their runs; "
+     "the report gives the spread between processes beside the spread within one"),
     ("out", Path | None, None, "write DIR/layer.{md,csv,json}"),
 ]
 FLAGS: list[tuple[str, str, bool, str]] = [
     ("backward", "--backward", False, "also count and time forward+backward"),
+    ("instructions", "--instructions", False,
+     "also count instructions per call under callgrind (CPU rows; needs valgrind; slow: one "
+     "valgrind process for all rows, a minute or more)"),
     ("stock", "--stock/--no-stock", True, "also run stock fvcore and FlopCounterMode"),
     ("check_output", "--check-output/--no-check-output", True,
      "check each output against the operator's float64 reference"),
@@ -90,8 +97,10 @@ def command_signature(common: list[tuple] = COMMON, flags: list[tuple] = FLAGS) 
 def layer(**options: Any) -> None:
     from lrprof.grid import layer_grid
     from lrprof.layer import MeasureOptions, layer_report, prepare_spec, profile_layers
+    from lrprof.measure import instructions
     from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
+    from lrprof.report import report_paths, write_report
     from lrprof.spec import resolve_device
 
     common = {name: options.pop(name) for name, *_ in COMMON}
@@ -105,14 +114,61 @@ def layer(**options: Any) -> None:
     grid = layer_grid(common["op"], op_params, common["impl"], common["channels"], common["size"],
                       common["batch"], common["dtype"], str(device))
     specs = [prepare_spec(spec) for spec in grid.specs]  # every row valid before anything runs
+    if flags["instructions"]:
+        if device.type != "cpu":
+            raise SpecError("instructions", "counts CPU instructions: use it with --device cpu",
+                            str(device))
+        instructions.check_available()
     out = out_dir(common["out"])
     measure = MeasureOptions(backward=flags["backward"], timing=timing, stock_counters=flags["stock"],
-                             check_output=flags["check_output"], baseline=common["baseline"] != "none")
+                             check_output=flags["check_output"], baseline=common["baseline"] != "none",
+                             repeat=common["repeat"], instructions=flags["instructions"])
     environment = collect(device)  # before measuring: a failure here loses nothing
-    records = profile_layers(specs, measure)
+    paths = report_paths("layer", out)
+    progress: list = []  # the records as far as measured, for a partial report
+
+    def partial_report(why: str | None):
+        report = layer_report(progress, argv(), environment, grid.unavailable)
+        report.partial = partial_info(why, progress, len(specs), measure.repeat)
+        return report
+
+    written = [0.0]  # when the unfinished report was last written
+
+    def update(found: list) -> None:  # after each step: a killed run keeps what it measured
+        progress[:] = found
+        if time.monotonic() - written[0] >= UNFINISHED_EVERY_S:  # big grids: not every row
+            write_report(partial_report(None), paths)
+            written[0] = time.monotonic()
+
+    def keep(signal_name: str) -> tuple[int, int, Path]:
+        report = partial_report(signal_name)
+        write_report(report, paths)
+        return report.partial["rows_kept"], report.partial["rows_total"], paths["json"].parent
+
+    on_interrupt(keep)
+    records = profile_layers(specs, measure, on_update=update)
     report = layer_report(records, argv(), environment, grid.unavailable)
-    emit(report, out, flags["quiet"], plots=flags["plots"])
+    emit(report, out, flags["quiet"], paths, plots=flags["plots"])
+    noise_warnings(records)
     raise typer.Exit(failures(records))
+
+
+def partial_info(signal_name: str | None, records: list, planned: int, repeat: int) -> dict[str, Any]:
+    """What an interrupted layer report holds: a row counts as measured when it was timed
+    (with --repeat, in at least one process) or failed with its error recorded."""
+    measured = [r for r in records if r.latency or r.error]
+    info: dict[str, Any] = {
+        "interrupted_by": signal_name,
+        "rows_total": len(records) or planned,
+        "rows_kept": len(measured),
+        "not_measured": [r.name for r in records if r not in measured],
+    }
+    if repeat > 1:
+        done = [s.processes for r in measured for s in r.latency.values()]
+        info["processes_done"] = min(done, default=0)
+        info["processes_planned"] = repeat
+    return info
+
 
 
 _SCHEMA_COMMANDS: list[tuple[Any, list[tuple], list[tuple]]] = []

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lrprof.cli import app, argv, emit, failures, out_dir, set_threads
+from lrprof.cli import app, argv, emit, failures, noise_warnings, on_interrupt, out_dir, set_threads
 from lrprof.errors import SpecError
 
 
@@ -73,10 +73,32 @@ def net(
     out = out_dir(out)
     paths = report_paths("net", out)
     environment = collect(resolved)  # before measuring: a failure here loses nothing
+    progress: list = []  # the profiles as far as measured
 
-    def write(profiles) -> None:  # after each step: an interrupted run keeps what it measured
-        write_report(net_report(profiles, argv(), environment), paths)
+    def partial_report(why: str | None):
+        report = net_report(progress, argv(), environment)
+        report.partial = partial_info(why, progress, [s.label for s in specs])
+        return report
 
+    def write(profiles) -> None:  # after each step: a killed run keeps what it measured
+        progress[:] = profiles
+        write_report(partial_report(None), paths)
+
+    def keep(signal_name: str) -> tuple[int, int, Path]:
+        report = partial_report(signal_name)
+        write_report(report, paths)
+        return report.partial["rows_kept"], report.partial["rows_total"], paths["json"].parent
+
+    on_interrupt(keep)
     profiles = profile_nets(specs, options, on_update=write)
     emit(net_report(profiles, argv(), environment), out, quiet, paths, plots=plots)
+    noise_warnings([p.net for p in profiles])
     raise typer.Exit(failures([p.net for p in profiles]))
+
+
+def partial_info(why: str | None, profiles: list, planned: list[str]) -> dict:
+    """A network counts as measured once it was timed whole (or failed with its error);
+    the others, and those never started, are listed."""
+    measured = [p.net.name for p in profiles if p.net.latency or p.net.error]
+    return {"interrupted_by": why, "rows_total": len(planned), "rows_kept": len(measured),
+            "not_measured": [name for name in planned if name not in measured]}

@@ -8,12 +8,16 @@ alike instead of landing in the ratio between two rows timed one after the other
 
 CUDA: CUDA events around each call, read after a synchronise at the end of each round.
 CPU: `timeit` (perf_counter, garbage collector off) around a block of calls, on the thread
-count torch is set to (recorded with every figure).
+count torch is set to (recorded with every figure). Around each block the process's resource
+usage is read too: page faults per call and involuntary context switches (another task
+taking the core) per timed second, the figures that say whether a timing was disturbed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import resource
 import statistics
 import time
 import timeit
@@ -30,7 +34,12 @@ CUDA_METHOD = "interleaved, rotating order; CUDA events around each call, after 
 @dataclass(frozen=True)
 class Stats:
     """Per-call latency distribution over `runs` timed runs, each averaging `calls_per_run`
-    calls; `samples_ms` keeps every run's per-call time, in the order measured."""
+    calls; `samples_ms` keeps every run's per-call time, in the order measured.
+
+    Replicated timings (`--repeat`) pool the runs of several processes: `process_runs` says
+    how many of the samples, in order, came from each process (empty: one process). The
+    fault and context-switch figures are None where they were not read (CUDA, old reports).
+    """
 
     median_ms: float
     q1_ms: float
@@ -42,10 +51,58 @@ class Stats:
     method: str
     threads: int | None = None
     samples_ms: tuple[float, ...] = ()
+    process_runs: tuple[int, ...] = ()
+    minor_faults_per_call: float | None = None
+    major_faults_per_call: float | None = None
+    involuntary_switches_per_s: float | None = None
 
     @property
     def iqr_ms(self) -> float:
         return self.q3_ms - self.q1_ms
+
+    @property
+    def processes(self) -> int:
+        return len(self.process_runs) or 1
+
+    def process_samples(self) -> list[tuple[float, ...]]:
+        """The samples of each process, in order (one group for a single-process timing)."""
+        if not self.process_runs:
+            return [self.samples_ms]
+        groups, start = [], 0
+        for n in self.process_runs:
+            groups.append(self.samples_ms[start:start + n])
+            start += n
+        return groups
+
+    def process_medians_ms(self) -> list[float]:
+        return [statistics.median(g) for g in self.process_samples() if g]
+
+    @classmethod
+    def pooled(cls, parts: Sequence[Stats | None]) -> Stats:
+        """One distribution from the timings of several processes (a process that produced
+        nothing for this row is None and counts 0 runs, so process i stays process i)."""
+        done = [p for p in parts if p is not None]
+        if not done:
+            raise ValueError("no process produced a timing")
+        samples = [v for p in done for v in p.samples_ms]
+        calls = sorted(p.calls_per_run for p in done)[len(done) // 2]
+        pooled = cls.from_times(samples, calls, done[0].method, done[0].threads)
+        timed_calls = [p.runs * p.calls_per_run for p in done]
+
+        def weighted(name: str, weights: list[float]) -> float | None:
+            values = [getattr(p, name) for p in done]
+            if any(v is None for v in values) or not sum(weights):
+                return None
+            return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
+
+        timed_s = [sum(p.samples_ms) * p.calls_per_run / 1e3 for p in done]
+        return dataclasses.replace(
+            pooled,
+            process_runs=tuple(p.runs if p is not None else 0 for p in parts),
+            minor_faults_per_call=weighted("minor_faults_per_call", timed_calls),
+            major_faults_per_call=weighted("major_faults_per_call", timed_calls),
+            involuntary_switches_per_s=weighted("involuntary_switches_per_s", timed_s),
+        )
 
     @classmethod
     def from_times(
@@ -60,6 +117,7 @@ class Stats:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["samples_ms"] = list(self.samples_ms)
+        out["process_runs"] = list(self.process_runs)
         return out
 
     @classmethod
@@ -67,6 +125,7 @@ class Stats:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["samples_ms"] = tuple(values.get("samples_ms") or ())
+        values["process_runs"] = tuple(values.get("process_runs") or ())
         return cls(**values)
 
 
@@ -114,18 +173,35 @@ class _Candidate:
         self.key, self.fn, self.calls = key, fn, calls
         self.samples_ms: list[float] = []
         self.timed_s = 0.0
+        self.minor_faults = self.major_faults = self.switches = 0
 
     def done(self, options: TimingOptions, cuda: bool) -> bool:
         enough_time = cuda or self.timed_s >= options.min_time_s
         return len(self.samples_ms) >= options.min_runs and enough_time
 
+    def stats(self, method: str, threads: int | None, cuda: bool) -> Stats:
+        stats = Stats.from_times(self.samples_ms, self.calls, method, threads)
+        if cuda:  # host-side faults say little about a GPU kernel
+            return stats
+        calls = len(self.samples_ms) * self.calls
+        return dataclasses.replace(
+            stats, minor_faults_per_call=self.minor_faults / calls,
+            major_faults_per_call=self.major_faults / calls,
+            involuntary_switches_per_s=self.switches / self.timed_s if self.timed_s else None)
+
 
 def _cpu_block(candidate: _Candidate) -> None:
     # timeit: perf_counter around `number` calls with the garbage collector off (the
-    # primitive torch.utils.benchmark wraps; its Timer adds warm-up calls to every block)
+    # primitive torch.utils.benchmark wraps; its Timer adds warm-up calls to every block).
+    # getrusage covers every thread of the process (torch's workers too).
+    before = resource.getrusage(resource.RUSAGE_SELF)
     elapsed = timeit.Timer(candidate.fn, timer=time.perf_counter).timeit(number=candidate.calls)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     candidate.timed_s += elapsed
     candidate.samples_ms.append(elapsed * 1e3 / candidate.calls)
+    candidate.minor_faults += after.ru_minflt - before.ru_minflt
+    candidate.major_faults += after.ru_majflt - before.ru_majflt
+    candidate.switches += after.ru_nivcsw - before.ru_nivcsw
 
 
 def time_interleaved(
@@ -180,7 +256,7 @@ def time_interleaved(
             finished.append(candidate)
     method = CUDA_METHOD if cuda else CPU_METHOD
     for candidate in finished:
-        results[candidate.key] = Stats.from_times(candidate.samples_ms, candidate.calls, method, threads)
+        results[candidate.key] = candidate.stats(method, threads, cuda)
     return results
 
 

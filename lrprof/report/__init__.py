@@ -16,7 +16,7 @@ from typing import Any
 from tabulate import tabulate
 
 from lrprof.errors import SpecError
-from lrprof.record import Report, Section
+from lrprof.record import Report, Section, partial_text
 from lrprof.report.numbers import fmt, latency_text  # noqa: F401  (re-exported for renderers)
 
 FORMATS = ("md", "csv", "json")
@@ -136,6 +136,8 @@ def render_terminal(report: Report, width: int | None = None) -> str:
     width = width or terminal_width()
     parts = [_wrap(f"lrprof {report.command} - {report.environment.summary()}", width)]
     left_out = 0
+    if report.partial:
+        parts.append(_wrap(f"PARTIAL REPORT: {partial_text(report.partial)}", width))
     for section in (s for s in report.sections if s.show != "markdown"):
         table, dropped = fitted_table(section, width)
         left_out += dropped
@@ -154,6 +156,8 @@ def _wrap(text: str, width: int, indent: str = "") -> str:
 
 def render_markdown(report: Report) -> str:
     parts = [f"# lrprof {report.command}", ""]
+    if report.partial:
+        parts += [f"**Partial report**: {partial_text(report.partial)}.", ""]
     parts += [f"- {line}" for line in environment_lines(report)]
     command = f"`lrprof {' '.join(report.argv)}`" if report.argv else "the Python API (no command line)"
     parts += [f"- created {report.created}", f"- command: {command}", ""]

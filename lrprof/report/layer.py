@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from lrprof.measure import device as device_facts
+from lrprof.measure import noise
 from lrprof.record import Record, Report, Section
 from lrprof.report import latency_text
 from lrprof.report.numbers import fmt, mib, runs_text
@@ -47,6 +48,9 @@ def _m(value: float | int | None) -> float | None:
 def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
     backward = any("fwd_bwd" in r.latency for r in records)
     baseline = any("baseline" in r.derived for r in records)
+    replicated = any(s.processes > 1 for r in records for s in r.latency.values())
+    flagged = any(r.derived.get("timing_unreliable") for r in records)
+    instructions = any("fwd_instructions" in r.exact for r in records)
     rows = []
     for r in records:
         row: dict[str, Any] = {
@@ -63,6 +67,13 @@ def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
             row[BWD_MACS] = _m(r.exact.get("bwd_MACs"))
             row[BWD_MS] = latency_text(r.latency.get("fwd_bwd"), runs=False)
             row[BWD_RUNS] = runs_text(r.latency.get("fwd_bwd"))
+        if replicated:
+            row["fwd spread"] = noise.spread_text(r.latency.get("fwd"))
+        if flagged:
+            row["timing"] = ("unreliable: " + r.derived["timing_unreliable"]
+                             if r.derived.get("timing_unreliable") else "ok")
+        if instructions:
+            row["fwd instructions/call (M)"] = _m(r.exact.get("fwd_instructions"))
         row[FWD_MIB] = mib(r.memory["fwd"].peak_bytes) if "fwd" in r.memory else None
         if backward:
             m = r.memory.get("fwd_bwd")
@@ -227,4 +238,5 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
     threads = sorted({s.threads for s in timed if s.threads})
     if threads:
         notes.append(f"CPU timings ran on {', '.join(map(str, threads))} torch thread(s).")
+    notes += noise.report_notes(records)
     return Report("layer", environment, list(records), sections, notes, argv or [])

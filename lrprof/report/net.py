@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lrprof.measure import device as device_facts
+from lrprof.measure import noise
 from lrprof.measure.parts import METHOD as HOOK_METHOD
 from lrprof.nets import get_net
 from lrprof.nets.cost import exact_by_layer
@@ -179,6 +180,7 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
                  "networks of one report are interleaved, and so are their hooked breakdowns.")
     if any("fwd_bwd" in p.net.latency for p in profiles):
         notes.append("forward+backward runs in train mode (batch norm on batch statistics).")
+    notes += noise.report_notes([p.net for p in profiles])
     return Report("net", env, records, sections, notes, argv or [])
 
 
