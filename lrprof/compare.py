@@ -610,4 +610,24 @@ def render_json(c: Comparison) -> str:
     return json.dumps(c.to_dict(), indent=2, default=str) + "\n"
 
 
+def render_csv(c: Comparison) -> str:
+    """One line per compared metric of every matched row (unchanged ones too), with the
+    row's identity: what a spreadsheet or a later script needs."""
+    import csv
+    import io
+
+    fields = ["row_status", "kind", "row", "metric", "old", "new", "change_pct", "metric_status", "why",
+              "identity"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in c.rows:
+        for m in r.metrics:
+            writer.writerow({"row_status": r.status, "kind": r.kind, "row": r.name, "metric": m.metric,
+                             "old": m.old, "new": m.new, "change_pct": m.change_pct,
+                             "metric_status": m.status, "why": m.why,
+                             "identity": json.dumps(r.config, sort_keys=True, default=str)})
+    return buffer.getvalue()
+
+
 RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_json}

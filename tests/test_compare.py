@@ -696,12 +696,17 @@ def test_malformed_report_is_one_line_error(tmp_path, capsys, name, text):
 # ---- outputs ---------------------------------------------------------------------------------
 
 
-def test_out_dir_gets_markdown_and_json(tmp_path, capsys):
+def test_out_dir_gets_markdown_csv_and_json(tmp_path, capsys):
     old, new = slowed_reports(tmp_path)
     out_dir = tmp_path / "ci" / "compare"
     rc, out, _ = cli(capsys, old, new, "--out", out_dir)
     assert rc == 1
-    assert sorted(p.name for p in out_dir.iterdir()) == ["compare.json", "compare.md"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["compare.csv", "compare.json", "compare.md"]
+    import csv as csv_module
+    lines = list(csv_module.DictReader((out_dir / "compare.csv").open()))
+    worse = [line for line in lines if line["metric_status"] == "worse"]
+    assert worse and all(json.loads(line["identity"])["op"] == "lr" for line in worse)
+    assert {line["row"] for line in lines} >= {"row k7", "row k3"}
     data = json.loads((out_dir / "compare.json").read_text())
     assert data["regression"] is True and data["rows"][0]["name"] == "row k7"
     md = (out_dir / "compare.md").read_text()

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -20,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Profile spatially adaptive aggregation layers: latency, memory, MACs, and the "
     "complexity model they should follow.",
 )
@@ -28,8 +30,23 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _ARGUMENTS = {"net": "NAME"}  # API parameter names that are positional arguments here
 
 
+def _version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        from lrprof import __version__
+
+        typer.echo(f"lrprof {__version__} (torch {torch.__version__}, python {platform.python_version()})")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _group() -> None:
+def _group(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
     """lrprof: layer, net, sweep, merge, compare and ops."""
 
 
@@ -148,7 +165,12 @@ def main(args: list[str] | None = None) -> int:
     and an interrupt (Ctrl-C, SIGTERM) into one line and status 130 or 143."""
     layer.refresh()  # operators registered since import get their options
     command = typer.main.get_command(app)
+    helptext.tidy(command)
     args = sys.argv[1:] if args is None else list(args)
+    if not args:  # bare `lrprof`: the help, and a clean exit
+        with typer.Context(command, info_name="lrprof") as ctx:
+            typer.echo(command.get_help(ctx))
+        return EXIT_OK
     _invocation[:] = args
     _keepers.clear()
     handlers = {}
@@ -191,7 +213,7 @@ def _run(command, args: list[str]) -> int:
     return int(result or 0)
 
 
-from lrprof.cli import compare, layer, merge, net, ops, sweep  # noqa: E402,F401  (register the commands)
+from lrprof.cli import compare, helptext, layer, merge, net, ops, sweep  # noqa: E402,F401  (register the commands)
 
 if __name__ == "__main__":
     sys.exit(main())

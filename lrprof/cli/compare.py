@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from lrprof.cli import EXIT_FAILED, app, out_dir
+from lrprof.cli import EXIT_FAILED, app, helptext, out_dir
 from lrprof.errors import SpecError
 
 
-@app.command()
+@app.command(epilog=helptext.COMPARE)
 def compare(
     old: Annotated[Path, typer.Argument(help="baseline report (.json or .csv)")],
     new: Annotated[Path, typer.Argument(help="current report (.json or .csv)")],
@@ -34,7 +34,7 @@ def compare(
         bool, typer.Option("--require-all", help="fail when a baseline row is missing from NEW")
     ] = False,
     format_: Annotated[str, typer.Option("--format", help="text, markdown or json")] = "text",
-    out: Annotated[Path | None, typer.Option(help="also write DIR/compare.{md,json}")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write DIR/compare.{md,csv,json}")] = None,
 ) -> None:
     """Compare two reports: exit 0 without regression, 1 with one, 2 on bad input."""
     from lrprof import compare as cmp
@@ -59,5 +59,6 @@ def compare(
     if out is not None:
         write_atomic(out / "compare.md", cmp.render_markdown(result))
         write_atomic(out / "compare.json", cmp.render_json(result))
+        write_atomic(out / "compare.csv", cmp.render_csv(result))
     if result.regression:
         raise typer.Exit(EXIT_FAILED)

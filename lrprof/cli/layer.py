@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lrprof.cli import app, argv, emit, failures, noise_warnings, on_interrupt, out_dir, set_threads
+from lrprof.cli import app, argv, emit, failures, helptext, noise_warnings, on_interrupt, out_dir, set_threads
 from lrprof.errors import SpecError
 
 UNFINISHED_EVERY_S = 2.0  # the unfinished report is rewritten at most this often
@@ -195,4 +195,4 @@ def refresh() -> None:
 
 
 schema_options(layer)
-app.command("layer", help=HELP)(layer)
+app.command("layer", help=HELP, epilog=helptext.LAYER)(layer)

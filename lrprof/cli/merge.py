@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from lrprof.cli import app, out_dir
+from lrprof.cli import app, helptext, out_dir
 
 
-@app.command()
+@app.command(epilog=helptext.MERGE)
 def merge(
     paths: Annotated[list[Path], typer.Argument(help="rows files (*.jsonl), or directories holding them")],
     out: Annotated[Path | None, typer.Option(help="write DIR/sweep.{md,csv,json} and the plots "

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from lrprof.cli import app, argv, emit, failures, noise_warnings, on_interrupt, out_dir, set_threads
+from lrprof.cli import app, argv, emit, failures, helptext, noise_warnings, on_interrupt, out_dir, set_threads
 from lrprof.errors import SpecError
 
 
-@app.command()
+@app.command(epilog=helptext.NET)
 def net(
     name: Annotated[str | None, typer.Argument(help="network, e.g. lr50 (see --list)")] = None,
     list_: Annotated[bool, typer.Option("--list", help="list the registered networks")] = False,

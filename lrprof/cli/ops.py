@@ -6,13 +6,13 @@ from typing import Annotated
 
 import typer
 
-from lrprof.cli import app
+from lrprof.cli import app, helptext
 from lrprof.errors import SpecError
 
 FORMATS = ("text", "markdown", "json")
 
 
-@app.command()
+@app.command(epilog=helptext.OPS)
 def ops(
     device: Annotated[
         str, typer.Option(help="where availability is checked (default: cuda if present)")

@@ -10,21 +10,14 @@ from typing import Any
 
 import typer
 
-from lrprof.cli import EXIT_FAILED, EXIT_OK, app, argv, emit, failures, out_dir, set_threads
+from lrprof.cli import EXIT_FAILED, EXIT_OK, app, argv, emit, failures, helptext, out_dir, set_threads
 from lrprof.cli.layer import schema_options
 from lrprof.errors import InputError, SpecError
 
 HELP = """Measure a grid of layer configurations and check how cost grows against the model.
 
 Every parameter takes comma lists and ranges start:stop[:step] (stop included). Rows are
-appended to OUT/rows.jsonl as they finish (OUT: reports/sweep-<grid id> unless --out);
-the report (OUT/sweep.md, .csv, .json, plots) follows. Examples:
-
-  lrprof sweep --op lr --k 3,5,7,9 --m 1,2,4,8 --channels 64,128 --size 28,56 --stride 1,2
-
-  lrprof sweep --op lr --k 3:11:2 --impl all --dry-run
-
-  lrprof sweep ... --shard 2/8 --out runs/   then   lrprof merge runs/ --out reports/sweep
+appended to OUT/rows.jsonl as they finish; the report follows.
 """
 
 LISTS = "comma-separated, ranges start:stop[:step]"
@@ -281,4 +274,4 @@ def _row_walls(path: Path) -> list[float]:
 
 
 schema_options(sweep, COMMON, FLAGS)
-app.command("sweep", help=HELP)(sweep)
+app.command("sweep", help=HELP, epilog=helptext.SWEEP)(sweep)
