@@ -182,7 +182,8 @@ def _prepare(spec: NetSpec, device: torch.device, options: NetOptions) -> NetPro
         record.detail["paper_check"] = rows
         record.checks.update({"paper_params_diff_pct": rows[0]["params diff (%)"],
                               "paper_MACs_diff_pct": rows[0]["MACs diff (%)"],
-                              "paper_verdict": rows[0]["verdict"]})
+                              "paper_verdict": rows[0]["verdict"],
+                              "paper_failed": any(r["verdict"] == "fail" for r in rows)})
     torch.manual_seed(options.seed)
 
     def build() -> None:

@@ -173,7 +173,7 @@ def test_drconv_net_paper_check_is_on_macs_only_and_says_how_far():
     check = paper_checks(params, macs, get_net(DRCONV_NET).paper)[0]
     assert check["printed params (M)"] is None and check["params diff (%)"] is None
     assert check["MACs diff (%)"] == pytest.approx(11.87, abs=0.01)
-    assert check["verdict"] == "fail"  # everything counted: 5.46 M above the print
+    assert check["verdict"].startswith("differs (expected: we count the guide convs")  # 5.46 M above
 
 
 def test_drconv_net_choices_show_the_generators_growth_with_r():

@@ -93,13 +93,15 @@ def test_table_figures_are_registered_in_macs(name):
 @pytest.mark.parametrize("name,verdict", [
     ("sasa26", "pass"), ("sasa38", "pass"), ("sasa50", "pass"),
     ("resnet26-sasa", "pass"), ("resnet38-sasa", "pass"),
-    ("sasa26-full", "fail"), ("sasa50-full", "fail"),  # -5.5% and -4.7%: see the choices
+    ("sasa26-full", "differs"), ("sasa50-full", "differs"),  # -5.5% and -4.7%: see the choices
 ])
 def test_paper_check(name, verdict):
     params, macs = totals(name)
     row = paper_checks(params, macs, get_net(name).paper[:1])[0]
     assert abs(row["params diff (%)"]) <= 1.0, row
-    assert row["verdict"] == verdict, row
+    assert row["verdict"].split(" ")[0] == verdict, row
+    if verdict == "differs":  # by design, and the row says why
+        assert "(expected: our q.r is factored" in row["verdict"]
     assert -6.0 < row["MACs diff (%)"] < 0.5, row  # lrprof's formulation never counts more
 
 
@@ -176,7 +178,8 @@ def test_profile_net_small():
     assert all(r.checks["exact_match"] for r in profile.stages + profile.layers)
     ops = {c.op for c in profile.exact}
     assert {"sasa", "sasa-stem", "conv", "linear"} <= ops
-    assert net.checks["paper_verdict"] == "fail"
+    assert net.checks["paper_verdict"].startswith("differs (expected:")
+    assert net.checks["paper_failed"] is False
     assert net.checks["paper_MACs_diff_pct"] == pytest.approx(-5.52, abs=0.01)
 
 
