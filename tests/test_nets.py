@@ -153,7 +153,7 @@ def test_a_table_not_reproduced_unexpectedly_fails_the_command(monkeypatch, caps
     import dataclasses
 
     from lrprof.cli import main
-    from lrprof.nets import PaperFigures, _NETS
+    from lrprof.nets import _NETS, PaperFigures
 
     netdef = get_net("resnet26-sasa")
     wrong = PaperFigures("a table that prints twice the MACs", None, 2 * 2.342e9)
