@@ -42,6 +42,7 @@ from lrprof.record import (
     partial_text,
 )
 from lrprof.report import fmt
+from lrprof.report.numbers import plural
 
 WORSE, MODEL, ERROR, NOISE, BETTER, SAME = "worse", "model change", "error", "noise", "better", "same"
 NOT_COMPARED = "not compared"  # nothing in common to compare (the old row failed): never "same"
@@ -450,7 +451,7 @@ def _is_baseline_only(record: Record) -> bool:
 
 
 def _timing_setups(records: list[Record]) -> set[str]:
-    return {f"{s.threads} threads" for r in records for s in r.latency.values() if s.threads}
+    return {plural(s.threads, "thread") for r in records for s in r.latency.values() if s.threads}
 
 
 def environment_warnings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -534,9 +535,10 @@ def verdict_line(c: Comparison) -> str:
         counts[r.status] = counts.get(r.status, 0) + 1
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: SEVERITY[i[0]]))
     head = "REGRESSION" if c.regression else "no regression"
-    missing = f"; {len(c.only_old)} baseline rows missing (--require-all)" if c.missing_fails else ""
+    missing = (f"; {plural(len(c.only_old), 'baseline row')} missing (--require-all)"
+               if c.missing_fails else "")
     flagged = f"; {len(c.unreliable)} with unreliable timings" if c.unreliable else ""
-    return f"{head}: {len(c.rows)} matched rows ({tally}){missing}{flagged}"
+    return f"{head}: {plural(len(c.rows), 'matched row')} ({tally}){missing}{flagged}"
 
 
 def table_rows(c: Comparison, include_same: bool) -> list[list[str]]:

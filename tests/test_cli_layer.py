@@ -235,7 +235,7 @@ def test_report_records_the_argv_given(plain_run):
 
 def test_report_thread_note_matches_timing_threads(plain_run):
     assert plain_run.rows[0]["threads"] == "1"
-    assert "CPU timings ran on 1 torch thread(s)." in plain_run.json["notes"]
+    assert "CPU timings ran on 1 torch thread." in plain_run.json["notes"]
 
 
 # ---- bad input: one line, the parameter and what it allows, status 2 ----------------------

@@ -789,7 +789,7 @@ def test_require_all_fails_when_a_baseline_row_is_missing(tmp_path, capsys):
     assert rc == 0 and "gone k5" in out  # listed, not gated, by default
     rc, out, _ = cli(capsys, old, new, "--require-all")
     assert rc == 1
-    assert out.splitlines()[0].startswith("REGRESSION") and "1 baseline rows missing" in out
+    assert out.splitlines()[0].startswith("REGRESSION") and "1 baseline row missing" in out
 
 
 def test_different_timing_threads_are_a_warning(tmp_path, capsys):
@@ -799,6 +799,6 @@ def test_different_timing_threads_are_a_warning(tmp_path, capsys):
     new = write(tmp_path / "new.json", [record(fwd=other)])
     rc, data = as_json(capsys, old, new)
     assert rc == 0
-    assert any("thread counts" in w and "1 threads (old)" in w for w in data["warnings"])
+    assert any("thread counts" in w and "1 thread (old)" in w for w in data["warnings"])
     rc, out, err = cli(capsys, old, new, "--strict")
     assert rc == 2 and "thread" in err

@@ -43,7 +43,8 @@ class Environment:
         return cls(**known)
 
     def summary(self) -> str:
-        threads = f", {self.torch_threads} threads" if self.device == "cpu" else ""
+        many = "" if self.torch_threads == 1 else "s"
+        threads = f", {self.torch_threads} thread{many}" if self.device == "cpu" else ""
         return f"{self.device_name} ({self.device}{threads}), torch {self.torch_version}"
 
 

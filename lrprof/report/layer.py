@@ -237,6 +237,7 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
     notes.append(f"timing: {timed[0].method}" if timed else "timing: not measured")
     threads = sorted({s.threads for s in timed if s.threads})
     if threads:
-        notes.append(f"CPU timings ran on {', '.join(map(str, threads))} torch thread(s).")
+        many = "" if threads == [1] else "s"
+        notes.append(f"CPU timings ran on {', '.join(map(str, threads))} torch thread{many}.")
     notes += noise.report_notes(records)
     return Report("layer", environment, list(records), sections, notes, argv or [])
