@@ -25,6 +25,7 @@ from lrprof.measure.accuracy import compare_with_reference
 from lrprof.measure.instructions import count_rows
 from lrprof.measure.timing import TimingOptions
 from lrprof.ops import CostModel, OpDef, get_op, resolve_spec
+from lrprof.progress import NoProgress
 from lrprof.record import Record
 from lrprof.replicate import build_row, time_in_processes
 from lrprof.spec import LayerSpec, resolve_device
@@ -104,12 +105,15 @@ def _key(spec: LayerSpec) -> tuple:
 
 
 def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None,
-                   on_update: Callable[[list[Record]], None] | None = None) -> list[Record]:
+                   on_update: Callable[[list[Record]], None] | None = None,
+                   progress: Any = None) -> list[Record]:
     """Measure every configuration (and, with `options.baseline`, its 3x3 conv baseline),
     timed in one interleaved schedule. Invalid specs raise SpecError before anything is
     measured; failures while measuring are kept in each record's `error`.
-    `on_update(records)` runs after each step (partial reports of an interrupted run)."""
+    `on_update(records)` runs after each step (partial reports of an interrupted run);
+    `progress` (a `lrprof.progress.Progress`) hears of each step as it starts and ends."""
     options = options or MeasureOptions()
+    progress = progress or NoProgress()
     rows: dict[tuple, _Row] = {}
 
     def update() -> None:
@@ -134,30 +138,57 @@ def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None
                 row.baseline = add(reference, BASELINE)
     for row in rows.values():
         row.record.derived["role"] = ", ".join(row.roles)
+    steps, plan = _plan(len(rows), options)
+    progress.plan(steps, plan["total"])
     update()
     for row in rows.values():
+        progress.start(f"counting and checking {row.record.name}")
         _prepare(row, options)
+        progress.advance(not row.record.error, work=plan["prepare"])
         update()
     for device in {row.device for row in rows.values()}:
         timed = [r for r in rows.values() if r.device == device and r.phases]
+        progress.start(f"timing {len(timed)} rows interleaved on {device}")
         if options.repeat > 1:
             time_in_processes([(r.spec, r.record) for r in timed], device, options.repeat,
                               options.timing, options.backward, options.seed,
                               on_process=lambda _: update())
         else:
             time_rows([(r.record, r.phases) for r in timed], device, options.timing)
+        progress.advance(True, work=plan["timing"])
         update()
     for row in rows.values():
+        progress.start(f"memory of {row.record.name}")
         if row.phases:
             measure_memory(row.record, row.phases, row.device, options.memory_runs)
+        progress.advance(True, work=plan["memory"])
     for row in rows.values():
         _derive(row)
     update()
     if options.instructions:
+        progress.start("counting instructions under callgrind")
         cpu = [r for r in rows.values() if r.phases and r.device.type == "cpu"]
         count_rows([(r.spec, r.record) for r in cpu], options.backward, options.seed)
+        progress.advance(True, work=plan["instructions"])
         update()
     return [row.record for row in rows.values()]
+
+
+def _plan(rows: int, options: MeasureOptions) -> tuple[int, dict[str, float]]:
+    """How many steps a profile takes (each row prepared, one timing schedule, each row's
+    memory, the instruction count) and each kind's estimated seconds, the ETA's weights."""
+    phases = 2 if options.backward else 1
+    work = {
+        "prepare": 1.5 + (1.0 if options.stock_counters else 0.0),
+        "timing": rows * phases * (options.timing.min_time_s + options.timing.warmup_s) * 1.3
+        * options.repeat,
+        "memory": 0.4 * phases * options.memory_runs,
+        "instructions": 60.0 * rows,
+    }
+    steps = 2 * rows + 1 + (1 if options.instructions else 0)
+    total = rows * (work["prepare"] + work["memory"]) + work["timing"] + (
+        work["instructions"] if options.instructions else 0.0)
+    return steps, {**work, "total": total}
 
 
 

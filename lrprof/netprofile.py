@@ -25,6 +25,7 @@ from lrprof.measure.timing import Stats, TimingOptions
 from lrprof.nets import STAGES, create_net, display_name, get_net, resolve_options
 from lrprof.nets.cost import LayerCost, exact_by_layer
 from lrprof.nets.paper import PAPER_INPUT, paper_checks
+from lrprof.progress import NoProgress
 from lrprof.record import Record
 from lrprof.spec import DTYPES, default_device, resolve_device, resolve_dtype
 from lrprof.steps import Phase, add_stock_counts, measure_memory, phase_calls, run_step, time_rows
@@ -119,40 +120,66 @@ def profile_net(spec: NetSpec, options: NetOptions | None = None) -> NetProfile:
 
 
 def profile_nets(specs: list[NetSpec], options: NetOptions | None = None,
-                 on_update: Callable[[list[NetProfile]], None] | None = None) -> list[NetProfile]:
+                 on_update: Callable[[list[NetProfile]], None] | None = None,
+                 progress: Any = None) -> list[NetProfile]:
     """Count, time and measure networks; their timings and breakdowns interleaved. Invalid
     specs raise SpecError before anything runs; failures while measuring are kept in each
-    net record's `error`. `on_update(profiles)` runs after each step (partial reports)."""
+    net record's `error`. `on_update(profiles)` runs after each step (partial reports);
+    `progress` (a `lrprof.progress.Progress`) hears of each step as it starts and ends."""
     options = options or NetOptions()
+    progress = progress or NoProgress()
     for spec in specs:
         spec.validate()
+    work = _plan(len(specs), options)
+    progress.plan(len(specs) + 2 + (1 if options.per_layer else 0), sum(work.values()))
     profiles = []
     for spec in specs:
         device = resolve_device(spec.device)
+        progress.start(f"building and counting {spec.label}")
         profiles.append(_prepare(dataclasses.replace(spec, device=str(device)), device, options))
+        progress.advance(not profiles[-1].net.error, work=work["prepare"] / len(specs))
         if on_update:
             on_update(profiles)
     for device in {resolve_device(p.spec.device) for p in profiles}:
         group = [p for p in profiles if p.phases and resolve_device(p.spec.device) == device]
+        progress.start(f"timing {' and '.join(p.spec.label for p in group)}, interleaved; memory")
         time_rows([(p.net, p.phases) for p in group], device, options.timing)
         for p in group:
             measure_memory(p.net, p.phases, device, options.memory_runs)
             for phase, stats in p.net.latency.items():
                 p.net.derived[f"{phase}_images_per_s"] = p.spec.batch / (stats.median_ms / 1e3)
+        progress.advance(True, work=work["timing"])
         if on_update:
             on_update(profiles)
         ready = [p for p in group if "fwd" in p.net.latency]
         if ready:
-            _breakdowns(ready, device, options)
+            _breakdowns(ready, device, options, progress, work)
         if on_update:
             on_update(profiles)
     return profiles
 
 
-def _breakdowns(ready: list[NetProfile], device: torch.device, options: NetOptions) -> None:
+def _plan(nets: int, options: NetOptions) -> dict[str, float]:
+    """Each step's estimated seconds on the CPU at 224x224 (the ETA's weights; the ETA
+    corrects itself from the steps done)."""
+    phases = 2 if options.backward else 1
+    return {
+        "prepare": 8.0 * nets,
+        "timing": nets * phases * (options.timing.min_time_s + 2.0 * options.timing.min_runs),
+        "stages": 2.0 * nets * options.hooked_runs,
+        "layers": 3.0 * nets * options.hooked_runs if options.per_layer else 0.0,
+    }
+
+
+def _breakdowns(ready: list[NetProfile], device: torch.device, options: NetOptions, progress: Any,
+                work: dict[str, float]) -> None:
+    progress.start("stage breakdown (hooked runs, interleaved)")
     _run_for(ready, "stage breakdown", lambda: _stages(ready, device, options), device)
+    progress.advance(True, work=work["stages"])
     if options.per_layer:
+        progress.start("layer breakdown (hooked runs, interleaved)")
         _run_for(ready, "layer breakdown", lambda: _layers(ready, device, options), device)
+        progress.advance(True, work=work["layers"])
 
 
 def _run_for(profiles: list[NetProfile], what: str, step: Callable[[], None], device: torch.device) -> None:

@@ -18,6 +18,7 @@ a grid whose big rows come last does not promise an early finish).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from types import TracebackType
 from typing import TextIO
@@ -38,7 +39,7 @@ class Progress:
 
     def __init__(self, total: int, what: str = "rows", stream: TextIO | None = None,
                  quiet: bool = False, done: int = 0, title: str = "",
-                 total_work: float | None = None) -> None:
+                 total_work: float | None = None, delay_s: float = 0.0) -> None:
         self.total = total
         self.total_work = total_work if total_work is not None else float(total - done)
         self.work_done = 0.0
@@ -53,6 +54,12 @@ class Progress:
         self._started = time.perf_counter()
         self._bar = None
         self._task = None
+        # Work shorter than delay_s shows nothing: a timer shows the bar (or the first plain
+        # line) once it has passed, whether or not an item finished meanwhile.
+        self.delay_s = delay_s
+        self._shown = delay_s <= 0
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
 
     # -- state ------------------------------------------------------------------------------
 
@@ -82,25 +89,50 @@ class Progress:
         self._started = time.perf_counter()
         if self.quiet:
             return self
+        if self._shown:
+            self._show()
+        else:
+            self._timer = threading.Timer(self.delay_s, self._show_late)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def _show(self) -> None:
         if self._is_terminal():
             self._start_bar()
         elif self.title:
             self._line(f"{self.title}: {self.total} {self.what}"
-                       + (f", {self.skipped} already done" if self.skipped else ""))
-        return self
+                       + (f", {self.skipped} already done" if self.skipped else "")
+                       + (f"; now {self.current}" if self.current else ""))
+
+    def _show_late(self) -> None:
+        with self._lock:
+            if not self._shown:
+                self._shown = True
+                self._show()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            if self._bar is not None:
+                self._bar.stop()
+                self._bar = None
+            if not self.quiet and kind is None and self._shown:
+                self._line(f"done: {self.status_text()}")
+
+    def plan(self, total: int, total_work: float | None = None) -> None:
+        """The number of items (and their estimated work), once the caller knows it."""
+        self.total = total
+        self.total_work = total_work if total_work is not None else float(total - self.done)
         if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-        if not self.quiet and kind is None:
-            self._line(f"done: {self.status_text()}")
+            self._bar.update(self._task, total=total)
 
     def start(self, label: str) -> None:
         """The item now being worked on."""
         self.current = label
-        if self._bar is not None:
+        if self._bar is not None and self._shown:
             self._bar.update(self._task, description=label, **self._fields())
 
     def advance(self, ok: bool = True, label: str = "", note: str = "", work: float = 1.0) -> None:
@@ -110,7 +142,7 @@ class Progress:
         self.work_done += work
         self.failed += 0 if ok else 1
         label = label or self.current
-        if self.quiet:
+        if self.quiet or not self._shown:
             return
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, **self._fields())
@@ -127,7 +159,7 @@ class Progress:
 
     def message(self, text: str) -> None:
         """A line of its own (a worker restart, a warning), above the bar on a terminal."""
-        if self.quiet:
+        if self.quiet or not self._shown:
             return
         if self._bar is not None:
             self._bar.console.print(text, markup=False, highlight=False)
@@ -172,3 +204,16 @@ class Progress:
             self.stream.flush()
         except (ValueError, OSError):  # progress must never end the work it reports on
             pass
+
+
+class NoProgress:
+    """What the API uses when nobody watches: every report is dropped."""
+
+    def plan(self, total: int, total_work: float | None = None) -> None:
+        pass
+
+    def start(self, label: str) -> None:
+        pass
+
+    def advance(self, ok: bool = True, label: str = "", note: str = "", work: float = 1.0) -> None:
+        pass

@@ -14,6 +14,7 @@ from lrprof.cli import app, argv, emit, failures, helptext, noise_warnings, on_i
 from lrprof.errors import SpecError
 
 UNFINISHED_EVERY_S = 2.0  # the unfinished report is rewritten at most this often
+PROGRESS_DELAY_S = 2.0  # shorter work shows no progress at all
 HELP = "Measure layer configurations beside a 3x3 conv baseline, and check them against their cost models."
 
 # name, type, default, help: the options every operator shares
@@ -100,6 +101,7 @@ def layer(**options: Any) -> None:
     from lrprof.measure import instructions
     from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
+    from lrprof.progress import Progress
     from lrprof.report import report_paths, write_report
     from lrprof.spec import resolve_device
 
@@ -146,7 +148,9 @@ def layer(**options: Any) -> None:
         return report.partial["rows_kept"], report.partial["rows_total"], paths["json"].parent
 
     on_interrupt(keep)
-    records = profile_layers(specs, measure, on_update=update)
+    with Progress(total=len(specs), what="steps", title="lrprof layer", quiet=flags["quiet"],
+                  delay_s=PROGRESS_DELAY_S) as reporter:
+        records = profile_layers(specs, measure, on_update=update, progress=reporter)
     report = layer_report(records, argv(), environment, grid.unavailable)
     emit(report, out, flags["quiet"], paths, plots=flags["plots"])
     noise_warnings(records)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lrprof.cli import app, argv, emit, failures, helptext, noise_warnings, on_interrupt, out_dir, set_threads
+from lrprof.cli.layer import PROGRESS_DELAY_S
 from lrprof.errors import SpecError
 
 
@@ -42,6 +43,7 @@ def net(
     from lrprof.measure.timing import TimingOptions
     from lrprof.netprofile import NetOptions, NetSpec, net_report, profile_nets
     from lrprof.nets import list_nets
+    from lrprof.progress import Progress
     from lrprof.report import report_paths, write_report
     from lrprof.spec import parse_size, resolve_device
 
@@ -90,7 +92,9 @@ def net(
         return report.partial["rows_kept"], report.partial["rows_total"], paths["json"].parent
 
     on_interrupt(keep)
-    profiles = profile_nets(specs, options, on_update=write)
+    with Progress(total=len(specs), what="steps", title="lrprof net", quiet=quiet,
+                  delay_s=PROGRESS_DELAY_S) as reporter:
+        profiles = profile_nets(specs, options, on_update=write, progress=reporter)
     emit(net_report(profiles, argv(), environment), out, quiet, paths, plots=plots)
     noise_warnings([p.net for p in profiles])
     raise typer.Exit(failures([p.net for p in profiles]))
