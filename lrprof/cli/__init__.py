@@ -28,7 +28,7 @@ _ARGUMENTS = {"net": "NAME"}  # API parameter names that are positional argument
 
 @app.callback()
 def _group() -> None:
-    """lrprof: layer, net, sweep, merge, compare and ops."""
+    """lrprof: layer, net, sweep, merge, compare, ops and check."""
 
 
 _invocation: list[str] = []  # the arguments main() was given, recorded in every report
@@ -109,7 +109,7 @@ def main(args: list[str] | None = None) -> int:
     return int(result or 0)
 
 
-from lrprof.cli import compare, layer, merge, net, ops, sweep  # noqa: E402,F401  (register the commands)
+from lrprof.cli import check, compare, layer, merge, net, ops, sweep  # noqa: E402,F401  (register the commands)
 
 if __name__ == "__main__":
     sys.exit(main())
