@@ -293,3 +293,46 @@ def test_nothing_in_a_probe_leaks_the_default_dtype():
     audit("UnregisteredLocalRelation", "lr", k=3, m=4)
     assert torch.get_default_dtype() == torch.float32
     assert isinstance(nn.Linear(2, 2).weight.dtype, torch.dtype)
+
+
+# ---- the README's example file and commands --------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "my_layers.py"
+
+
+def test_the_readme_example_layers_at_a_small_size():
+    spec = LayerSpec(op="sasa", channels=8, height=10, width=10, device="cpu", k=3, heads=2)
+    assert failed(run_audit(f"{EXAMPLES}:LocalAttention", spec, options=OPTIONS)) == set()
+    channelwise = run_audit(f"{EXAMPLES}:ChannelwiseAttention", spec, options=OPTIONS)
+    assert failed(channelwise) == {"cost (work ratio)"}
+
+
+def readme_commands() -> list[tuple[list[str], int]]:
+    """The commands of the README's 'Profile your own layer' section, with the exit status
+    each one's comment states (0 when none)."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Profile your own layer"):]
+    block = section[section.index("```bash") + 7:section.index("```", section.index("```bash") + 7)]
+    commands = []
+    for line in block.replace("\\\n", " ").splitlines():
+        if line.startswith("lrprof "):
+            command, _, comment = line.partition("#")
+            status = int(comment.split("exit")[1]) if "exit" in comment else 0
+            commands.append((shlex.split(command)[1:], status))
+    return commands
+
+
+def test_the_readme_section_has_both_commands():
+    commands = [args[0] for args, _ in readme_commands()]
+    assert "layer" in commands and "check" in commands
+
+
+@pytest.mark.slow
+def test_the_readme_commands_run_as_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for args, status in readme_commands():
+        rc, out, err = run(capsys, *args, "--out", tmp_path, "--quiet")
+        assert rc == status, (args, err)

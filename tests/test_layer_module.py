@@ -240,3 +240,15 @@ def test_an_inductor_compiled_module(tmp_path, capsys):
 
 def test_nn_module_default_dtype_is_left_alone():
     assert torch.get_default_dtype() == torch.float32 and nn.Conv2d(1, 1, 1).weight.dtype == torch.float32
+
+
+def test_masks_built_with_bitwise_ops_count_zero_and_are_not_uncounted():
+    from lrprof.measure import counting
+
+    class Masked(nn.Module):
+        def forward(self, x):
+            keep = ~(x > 0) & (x > -1) | (x < -2)
+            return x.masked_fill(keep ^ (x > 5), 0.0) * 2
+
+    result = counting.count(Masked(), torch.randn(2, 3))
+    assert result.complete and result.macs == 6
