@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from user_layers import RegionConv
+from user_layers import NonLocal, RegionConv
 
 from lrprof.audit import AuditOptions, run_audit
 from lrprof.cli import main
@@ -192,6 +192,62 @@ def test_the_regionconv_check_through_the_cli(regionconv, tmp_path, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "check failed: cost (work ratio)" in lines[0]
     assert "3x the operator's work" in lines[0]
+
+
+# ---- a global operator, registered here: the probes take their expectations from it -------
+
+
+def _nonlocal_cost(spec: LayerSpec) -> CostModel:
+    c, b, n = spec.channels, spec.batch, spec.height * spec.width
+    inner = c // 2
+    keys = -(-spec.height // 2) * -(-spec.width // 2) if spec.param("subsample") else n
+    return CostModel(
+        terms=(Term("theta, phi, g 1x1", 3 * b * c * inner * n, "3*B*C*C'*N"),
+               Term("theta . phi, attention . g", 2 * b * n * keys * inner, "2*B*N*N'*C'"),
+               Term("output 1x1", b * inner * c * n, "B*C'*C*N")),
+        params=4 * c * inner, softmax_exps=b * n * keys)
+
+
+GLOBAL_OP = OpDef(
+    name="globalattn",
+    summary="embedded-Gaussian non-local block (registered by a test)",
+    schema=Schema((Param("subsample", bool, False, "2x2 max-pool of phi and g"),)),
+    impls=(Impl("matmul", "two matrix products",
+                lambda spec: NonLocal(spec.channels, spec.param("subsample"))),),
+    cost=_nonlocal_cost,
+    stride_param=None,
+)
+
+
+@pytest.fixture
+def globalattn():
+    register_op(GLOBAL_OP)
+    yield GLOBAL_OP
+    unregister_op("globalattn")
+
+
+@pytest.mark.parametrize("subsample, symmetry, footprint", [
+    # any permutation of the pixels permutes the output; every pixel reaches every other
+    (False, "permutation equivariance", "global (all 10x10 positions)"),
+    # pooling keeps only even shifts exact, and routes the gradient through the maxima only
+    (True, "translation equivariance (circular shift)", "scattered over a 10x10 box"),
+])
+def test_a_global_operator_gets_global_expectations(globalattn, subsample, symmetry, footprint):
+    result = audit("NonLocal", "globalattn", subsample=subsample)
+    assert failed(result) == set()
+    rows = {r.check: r for r in result.results}
+    assert symmetry in rows and rows[symmetry].passed
+    assert rows["receptive field (gradient probe)"].measured.endswith(footprint)
+    assert rows["border behaviour"].passed and rows["cost (work ratio)"].figure == 1.0
+
+
+def test_a_local_layer_fails_against_a_global_operator(globalattn):
+    """lrprof's local relation layer offered as the non-local block: its window is not the
+    whole map, and it is not permutation equivariant."""
+    spec = LayerSpec(op="globalattn", channels=8, height=10, width=10, device="cpu")
+    result = run_audit("lrprof/ops/local_relation.py:LocalRelation2d", spec, init={"kernel_size": 3, "m": 4},
+                       options=OPTIONS)
+    assert {"receptive field (gradient probe)", "permutation equivariance"} <= failed(result)
 
 
 # ---- the constructor mapping -----------------------------------------------------------------

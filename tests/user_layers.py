@@ -245,3 +245,27 @@ class FailsToRun(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x).view(-1, 7, 7, 7, 7)
+
+
+class NonLocal(nn.Module):
+    """Embedded-Gaussian non-local block: softmax over every position of theta . phi, the
+    sum of g, a 1x1 back to C, plus the input; optional 2x2 max-pool of phi and g."""
+
+    def __init__(self, channels: int, subsample: bool = False):
+        super().__init__()
+        inner = channels // 2
+        self.subsample = subsample
+        self.theta = nn.Conv2d(channels, inner, 1, bias=False)
+        self.phi = nn.Conv2d(channels, inner, 1, bias=False)
+        self.g = nn.Conv2d(channels, inner, 1, bias=False)
+        self.out = nn.Conv2d(inner, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        keys, values = self.phi(x), self.g(x)
+        if self.subsample:
+            keys, values = F.max_pool2d(keys, 2, ceil_mode=True), F.max_pool2d(values, 2, ceil_mode=True)
+        queries = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, C')
+        attention = torch.softmax(queries @ keys.flatten(2), dim=-1)  # (B, N, N')
+        y = (attention @ values.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
+        return self.out(y) + x
