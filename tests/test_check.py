@@ -392,3 +392,19 @@ def test_the_readme_commands_run_as_written(tmp_path, capsys, monkeypatch):
     for args, status in readme_commands():
         rc, out, err = run(capsys, *args, "--out", tmp_path, "--quiet")
         assert rc == status, (args, err)
+
+
+def test_names_match_without_case_or_underscores(globalattn, tmp_path):
+    from lrprof.audit.mapping import map_arguments
+    from lrprof.ops import get_op, resolve_spec
+    from lrprof.usermodule import load_target
+
+    path = tmp_path / "popular.py"
+    path.write_text("from torch import nn\n\nclass NLBlock(nn.Module):\n"
+                    "    def __init__(self, In_Channels, sub_sample=True, bn_layer=True):\n"
+                    "        super().__init__()\n")
+    spec = LayerSpec(op="globalattn", channels=8, height=10, width=10, device="cpu", subsample=False)
+    mapping = map_arguments(load_target(f"{path}:NLBlock"), get_op("globalattn"), resolve_spec(spec), {})
+    assert mapping.kwargs == {"In_Channels": 8, "sub_sample": False}
+    assert [r["from"] for r in mapping.rows] == [
+        "operator parameter channels", "operator parameter subsample", "the class's default"]

@@ -252,3 +252,16 @@ def test_masks_built_with_bitwise_ops_count_zero_and_are_not_uncounted():
 
     result = counting.count(Masked(), torch.randn(2, 3))
     assert result.complete and result.macs == 6
+
+
+def test_an_op_no_rule_counts_is_listed_and_fails_the_row(tmp_path, capsys):
+    path = tmp_path / "gelu_like.py"
+    path.write_text("import torch\nfrom torch import nn\n\n"
+                    "class ErfGate(nn.Module):\n    def forward(self, x):\n        return x * torch.erf(x)\n")
+    rc, out, err = run(capsys, "layer", "--module", f"{path}:ErfGate", "--input", "1x2x4x4", "--no-stock",
+                       *FAST, "--out", tmp_path, "--quiet")
+    assert rc == 1
+    assert "check failed: uncounted ops" in err
+    (whole,) = [r for r in rows_of(tmp_path) if r["kind"] == "module"]
+    assert whole["uncounted_ops"] == "uncounted ops: aten::erf x1" and whole["uncounted"] == "True"
+    assert int(whole["fwd_MACs"]) == 32  # the multiply is still counted

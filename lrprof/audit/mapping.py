@@ -2,7 +2,8 @@
 
 A reimplementation names the window `k`, `kernel_size` or `window_size`, the input width
 `channels`, `in_channels` or `dim`, SASA's heads `heads`, `num_heads` or (in the most used
-reimplementation) `groups`. Each constructor argument is matched, by name, to an operator
+reimplementation) `groups`. Names are compared without case or underscores (`sub_sample`
+takes a parameter `subsample`). Each constructor argument is matched, by name, to an operator
 parameter or to a value derived from them (same padding k // 2; output channels equal to
 the input's); --init gives or overrides any argument; an argument with a default that
 nothing maps keeps the class's default. The report shows every line of this mapping.
@@ -48,17 +49,21 @@ class Mapping:
     unpassed: list[dict[str, Any]] = field(default_factory=list)  # operator parameters no argument takes
 
 
+def _key(name: str) -> str:
+    """Names compared without case or underscores: sub_sample is subsample."""
+    return name.lower().replace("_", "")
+
+
 def _names_for(param: str, op: OpDef) -> tuple[str, ...]:
-    own = (param, param.replace("_", ""))
-    return own + SYNONYMS.get(param, ()) + OP_SYNONYMS.get(op.name, {}).get(param, ())
+    return (param,) + SYNONYMS.get(param, ()) + OP_SYNONYMS.get(op.name, {}).get(param, ())
 
 
 def _derived(argument: str, op: OpDef, spec: LayerSpec, values: dict[str, Any]) -> tuple[Any, str] | None:
     """A value no single parameter gives, derived from them."""
-    lowered = argument.lower()
-    if lowered in SYNONYMS["out_channels"] and "out_channels" not in values:
+    key = _key(argument)
+    if key in map(_key, SYNONYMS["out_channels"]) and "out_channels" not in values:
         return spec.channels, "channels (the operator keeps C channels)"
-    if lowered in PADDING_NAMES and isinstance(values.get("k"), int):
+    if key in map(_key, PADDING_NAMES) and isinstance(values.get("k"), int):
         return values["k"] // 2, "k // 2 (same padding)"
     return None
 
@@ -72,7 +77,7 @@ def map_arguments(target: Target, op: OpDef, spec: LayerSpec, init: dict[str, An
     lookup: dict[str, str] = {}
     for param in order:
         for name in _names_for(param, op):
-            lookup.setdefault(name.lower(), param)
+            lookup.setdefault(_key(name), param)
     kwargs: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     taken: set[str] = set()
@@ -83,7 +88,7 @@ def map_arguments(target: Target, op: OpDef, spec: LayerSpec, init: dict[str, An
         kwargs[unknown] = init[unknown]
         rows.append({"constructor argument": unknown, "value": init[unknown], "from": "--init"})
     for p in named:
-        param = lookup.get(p.name.lower())
+        param = lookup.get(_key(p.name))
         if p.name in init:
             kwargs[p.name] = init[p.name]
             changed = param is not None and values[param] != init[p.name]
