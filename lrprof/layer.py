@@ -278,7 +278,22 @@ def _derive(row: _Row) -> None:
             m.peak_bytes if m else None, t.peak_bytes if t else None)
 
 
+def prepare_row(spec: LayerSpec, options: MeasureOptions | None = None,
+                role: str = MEASURED) -> tuple[Record, dict[str, Phase]]:
+    """One configuration built, counted and (with `options.check_output`) checked, its phases
+    ready to time: for a caller that times it in one schedule beside rows of its own (the
+    baseline of `layer --module`, lrprof's own implementation in `lrprof check`). Failures
+    are kept in the record's `error`, as in `profile_layers`."""
+    options = options or MeasureOptions()
+    spec = prepare_spec(spec)
+    record = Record(kind="layer", name=spec.label(), config=spec.config())
+    record.derived["role"] = role
+    row = _Row(spec, record, [role], resolve_device(spec.device))
+    _prepare(row, options)
+    return record, row.phases
+
+
 from lrprof.report.layer import layer_report  # noqa: E402  (the API's renderer, re-exported)
 
-__all__ = ["MeasureOptions", "available_impls", "baseline_spec", "layer_report", "prepare_spec",
-           "profile_layer", "profile_layers"]
+__all__ = ["MeasureOptions", "available_impls", "baseline_spec", "layer_report", "prepare_row",
+           "prepare_spec", "profile_layer", "profile_layers"]

@@ -10,7 +10,7 @@ import pytest
 import lrprof
 from lrprof.cli import main
 
-COMMANDS = ["layer", "net", "compare", "ops", "sweep", "merge"]
+COMMANDS = ["layer", "net", "compare", "ops", "sweep", "merge", "check"]
 
 
 def run(capsys, *args):

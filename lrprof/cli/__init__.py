@@ -47,7 +47,7 @@ def _group(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="print the version and exit")] = False,
 ) -> None:
-    """lrprof: layer, net, sweep, merge, compare and ops."""
+    """lrprof: layer, net, sweep, merge, compare, ops and check."""
 
 
 _invocation: list[str] = []  # the arguments main() was given, recorded in every report
@@ -213,7 +213,7 @@ def _run(command, args: list[str]) -> int:
     return int(result or 0)
 
 
-from lrprof.cli import compare, helptext, layer, merge, net, ops, sweep  # noqa: E402,F401  (register the commands)
+from lrprof.cli import check, compare, helptext, layer, merge, net, ops, sweep  # noqa: E402,F401  (register the commands)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -47,6 +47,12 @@ MERGE = epilog(
     "lrprof merge runs/ --out reports/sweep --allow-mixed",
     writes="OUT/sweep.{md,csv,json} and its PNG plots, from every rows file found.",
 )
+CHECK = epilog(
+    "lrprof check lrprof/ops/local_relation.py:LocalRelation2d --op lr --channels 64 --k 7 --m 8",
+    "lrprof check examples/my_layers.py:LocalAttention --op sasa --channels 64 --k 7 --heads 8",
+    writes=("reports/check-<date>-<time>.{md,csv,json} by default; --out DIR writes "
+            "DIR/check.{md,csv,json} instead."),
+)
 OPS = epilog(
     "lrprof ops",
     "lrprof ops --device cpu --format json > ops.json",
@@ -60,11 +66,12 @@ PLACEHOLDERS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "Path": "PAT
 def tidy(command: Any) -> None:
     """Placeholders instead of type tags, for a command and its subcommands."""
     for param in command.params:
+        if param.param_type_name == "argument":
+            param.metavar = param.metavar or param.name.upper()
+            param.display_type_rich = lambda ctx=None: None  # its help says what it is
+            continue
         if param.metavar is not None:
             continue
-        if param.param_type_name == "argument":
-            param.metavar = param.name.upper()
-            param.display_type_rich = lambda ctx=None: None  # its help says what it is
         elif param.is_flag:
             param.metavar = ""
         else:

@@ -33,6 +33,14 @@ COMMON: list[tuple[str, Any, Any, str]] = [
     ("repeat", int, 1, "time all rows in N fresh processes (interleaved in each) and pool their runs; "
      "the report gives the spread between processes beside the spread within one"),
     ("out", Path | None, None, "write DIR/layer.{md,csv,json}"),
+    # a user's own nn.Module instead of an operator (lrprof/cli/byo.py)
+    ("module", str | None, None, "profile your own nn.Module: path/to/file.py:Class or "
+                                 "package.module:Class (instead of --op)"),
+    ("init", str | None, None, "--module: constructor arguments as a JSON object"),
+    ("input", list[str] | None, None, "--module: input shape(s) such as 1x64x56x56 (comma-separated "
+                                      "or repeated, one per input tensor)"),
+    ("compile", str | None, None, "--module: torch.compile it first with this backend (inductor, "
+                                  "aot_eager, eager ...)"),
 ]
 FLAGS: list[tuple[str, str, bool, str]] = [
     ("backward", "--backward", False, "also count and time forward+backward"),
@@ -65,11 +73,13 @@ def operator_params() -> dict[str, Any]:
     return found
 
 
-def command_signature(common: list[tuple] = COMMON, flags: list[tuple] = FLAGS) -> inspect.Signature:
+def command_signature(common: list[tuple] = COMMON, flags: list[tuple] = FLAGS,
+                      arguments: tuple[inspect.Parameter, ...] = ()) -> inspect.Signature:
     """The options of a command that takes every operator's parameters (`layer`, `sweep`):
-    `common` entries are (name, type, default, help[, flag]), `flags` (name, flag, default, help)."""
+    `common` entries are (name, type, default, help[, flag]), `flags` (name, flag, default, help);
+    `arguments` are positional parameters that come first (`check`'s class)."""
     reserved = {name for name, *_ in common} | {name for name, *_ in flags}
-    params = [
+    params = list(arguments) + [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                           annotation=Annotated[kind, typer.Option(*decls, help=text)])
         for name, kind, default, text, *decls in common
@@ -96,6 +106,7 @@ def command_signature(common: list[tuple] = COMMON, flags: list[tuple] = FLAGS) 
 
 
 def layer(**options: Any) -> None:
+    from lrprof.cli import byo
     from lrprof.grid import layer_grid
     from lrprof.layer import MeasureOptions, layer_report, prepare_spec, profile_layers
     from lrprof.measure import instructions
@@ -108,6 +119,9 @@ def layer(**options: Any) -> None:
     common = {name: options.pop(name) for name, *_ in COMMON}
     flags = {name: options.pop(name) for name, *_ in FLAGS}
     op_params = {name: value for name, value in options.items() if value is not None}
+    if byo.module_mode(common):
+        byo.module_layer(common, flags, op_params, COMMON)
+        return
     if common["baseline"] not in ("conv3x3", "none"):
         raise SpecError("baseline", "conv3x3 or none", common["baseline"])
     timing = TimingOptions(min_runs=common["min_runs"], min_time_s=common["min_time"])
@@ -174,28 +188,29 @@ def partial_info(signal_name: str | None, records: list, planned: int, repeat: i
     return info
 
 
+_SCHEMA_COMMANDS: list[tuple[Any, list[tuple], list[tuple], tuple[inspect.Parameter, ...]]] = []
 
-_SCHEMA_COMMANDS: list[tuple[Any, list[tuple], list[tuple]]] = []
 
-
-def _apply(fn: Any, common: list[tuple], flags: list[tuple]) -> None:
-    fn.__signature__ = command_signature(common, flags)
+def _apply(fn: Any, common: list[tuple], flags: list[tuple],
+           arguments: tuple[inspect.Parameter, ...] = ()) -> None:
+    fn.__signature__ = command_signature(common, flags, arguments)
     fn.__annotations__ = {name: p.annotation for name, p in fn.__signature__.parameters.items()}
 
 
-def schema_options(fn: Any, common: list[tuple] = COMMON, flags: list[tuple] = FLAGS) -> Any:
+def schema_options(fn: Any, common: list[tuple] = COMMON, flags: list[tuple] = FLAGS,
+                   arguments: tuple[inspect.Parameter, ...] = ()) -> Any:
     """Give a command its common options plus one option per operator parameter (kept in
     step with the registry by `refresh`)."""
-    _SCHEMA_COMMANDS.append((fn, common, flags))
-    _apply(fn, common, flags)
+    _SCHEMA_COMMANDS.append((fn, common, flags, arguments))
+    _apply(fn, common, flags, arguments)
     return fn
 
 
 def refresh() -> None:
     """Options from the operators registered now (one registered after import, by a test or
     a user's package, gets its options on the next invocation)."""
-    for fn, common, flags in _SCHEMA_COMMANDS:
-        _apply(fn, common, flags)
+    for fn, common, flags, arguments in _SCHEMA_COMMANDS:
+        _apply(fn, common, flags, arguments)
 
 
 schema_options(layer)

@@ -273,4 +273,5 @@ _table(MOVEMENT, _ZERO_MOVE, zero,
        "randn randn_like rand rand_like normal_ uniform_ bernoulli_ masked_scatter")
 _table(MASKING, _ZERO_MASK, zero,
        "masked_fill masked_fill_ where lt le gt ge eq ne logical_not logical_and logical_or "
-       "argmax argmin max min amax amin topk sort any all isnan isinf one_hot aminmax")
+       "argmax argmin max min amax amin topk sort any all isnan isinf one_hot aminmax "
+       "bitwise_not bitwise_and bitwise_or bitwise_xor logical_xor")

@@ -1,0 +1,86 @@
+"""`lrprof check`: audit your implementation of an operator against lrprof's (output shape,
+receptive field, equivariance, borders, registration, dtypes, determinism, cost, latency
+and memory), one row per check; exit 0 when all pass, 1 when any fails, 2 for bad input."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lrprof.cli import EXIT_FAILED, EXIT_OK, app, argv, emit, helptext, out_dir, set_threads
+from lrprof.cli.byo import user_code
+from lrprof.cli.layer import schema_options
+
+HELP = """Audit your implementation of an operator against lrprof's.
+
+The operator's parameters are mapped onto your constructor's argument names (shown in the
+report; --init adds or overrides arguments), then every check runs and is one row:
+
+  lrprof check path/to/layers.py:LocalRelationalLayer --op lr --channels 64 --k 7 --m 8
+
+  lrprof check mypkg.attention:AttentionConv --op sasa --channels 64 --k 7 --heads 8
+"""
+
+COMMON: list[tuple] = [
+    ("op", str, "lr", "the operator your class implements (lrprof ops lists them)"),
+    ("channels", int, 64, "channels C"),
+    ("size", str, "56", "input size N or HxW"),
+    ("batch", int, 1, "batch size B of the counted and timed runs"),
+    ("device", str, "auto", "cpu, cuda, cuda:N (default: cuda if present)"),
+    ("dtype", str, "float32", "dtype of the counted and timed runs (probes run in float64, and "
+                              "float16 and bfloat16)"),
+    ("init", str | None, None, "constructor arguments as a JSON object: added to, and overriding, "
+                               "the ones mapped from the operator's parameters"),
+    ("max_work_ratio", float, 1.5, "the cost check fails above this many times the operator's exact "
+                                   "MACs (or exponentials), and below 1"),
+    ("threads", int | None, None, "CPU threads (default: torch's)"),
+    ("min_runs", int, 10, "fewest timed runs per implementation and phase (>= 2)"),
+    ("min_time", float, 0.5, "CPU: seconds of timed calls per implementation and phase, at least"),
+    ("out", Path | None, None, "write DIR/check.{md,csv,json}"),
+]
+FLAGS: list[tuple[str, str, bool, str]] = [
+    ("backward", "--backward", False, "also time forward+backward"),
+    ("stock", "--stock/--no-stock", True, "also run stock fvcore and FlopCounterMode"),
+    ("quiet", "--quiet", False, "print only the paths written"),
+]
+ARGUMENTS = (inspect.Parameter(
+    "target", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    annotation=Annotated[str, typer.Argument(
+        metavar="CLASS", help="your class: path/to/file.py:ClassName or package.module:ClassName")]),)
+
+
+def check(**options: Any) -> None:
+    from lrprof.audit import AuditOptions, audit_report, run_audit
+    from lrprof.measure.device import collect
+    from lrprof.measure.timing import TimingOptions
+    from lrprof.spec import LayerSpec, parse_size, resolve_device
+
+    target = options.pop("target")
+    common = {name: options.pop(name) for name, *_ in COMMON}
+    flags = {name: options.pop(name) for name, *_ in FLAGS}
+    op_params = {name: value for name, value in options.items() if value is not None}
+    height, width = parse_size(common["size"])
+    set_threads(common["threads"])
+    device = resolve_device(common["device"])
+    spec = LayerSpec(op=common["op"], channels=common["channels"], height=height, width=width,
+                     batch=common["batch"], dtype=common["dtype"], device=str(device), **op_params)
+    audit_options = AuditOptions(
+        max_work_ratio=common["max_work_ratio"], backward=flags["backward"],
+        timing=TimingOptions(min_runs=common["min_runs"], min_time_s=common["min_time"]),
+        stock_counters=flags["stock"])
+    out = out_dir(common["out"])
+    environment = collect(device)
+    with user_code():  # run_audit checks every input before anything runs
+        audit = run_audit(target, spec, common["init"], audit_options)
+    emit(audit_report(audit, argv(), environment), out, flags["quiet"])
+    for result in audit.results:
+        if result.passed is False:
+            typer.echo(f"lrprof: check failed: {result.check}: {result.measured}", err=True)
+    raise typer.Exit(EXIT_FAILED if audit.failed else EXIT_OK)
+
+
+schema_options(check, COMMON, FLAGS, ARGUMENTS)
+app.command("check", help=HELP, epilog=helptext.CHECK)(check)
