@@ -213,12 +213,14 @@ class Crossing:
                 f"{low:,} and {high:,}")
 
 
-def crossings(records: Sequence[Record], global_ops: Sequence[str] = GLOBAL_OPS) -> list[Crossing]:
+def crossings(records: Sequence[Record], global_ops: Sequence[str] = GLOBAL_OPS,
+              value: Callable[[Record], float | None] = _fwd_ms) -> list[Crossing]:
     """For each channel count, global operator and local operator measured at 2+ common
-    sizes: the first size where their latencies cross, by log-linear interpolation of
-    the latency ratio between the measured sizes (exact for two power laws)."""
+    sizes: the first size where their `value`s (forward latency by default, or counted
+    MACs) cross, by log-linear interpolation of the ratio between the measured sizes
+    (exact for two power laws)."""
     found = []
-    for (channels, g_label, l_label), points in _pairs(records, global_ops).items():
+    for (channels, g_label, l_label), points in _pairs(records, global_ops, value).items():
         for (a_px, a_ratio), (b_px, b_ratio) in zip(points, points[1:], strict=False):
             if (a_ratio - 1) * (b_ratio - 1) < 0 or a_ratio == 1:
                 t = math.log(1 / a_ratio) / math.log(b_ratio / a_ratio) if a_ratio != b_ratio else 0.0
@@ -236,30 +238,32 @@ def crossovers(records: Sequence[Record], global_ops: Sequence[str] = GLOBAL_OPS
     return [c.text() for c in crossings(records, global_ops)]
 
 
-def _pairs(records: Sequence[Record], global_ops: Sequence[str]) -> dict[tuple, list[tuple[int, float]]]:
-    """(channels, global series, local series) -> [(pixels, global / local latency)]."""
-    timed = [r for r in records if _fwd_ms(r) and r.config.get("height")]
+def _pairs(records: Sequence[Record], global_ops: Sequence[str],
+           value: Callable[[Record], float | None] = _fwd_ms) -> dict[tuple, list[tuple[int, float]]]:
+    """(channels, global series, local series) -> [(pixels, global / local value)]."""
+    timed = [r for r in records if value(r) and r.config.get("height")]
     series = _group(timed, lambda r: (r.config.get("channels"), _crossover_label(r)))
     out: dict[tuple, list[tuple[int, float]]] = {}
     for (channels, g_label), g_rows in series.items():
         if g_rows[0].config.get("op") not in global_ops:
             continue
-        g_at = _median_by_pixels(g_rows)
+        g_at = _median_by_pixels(g_rows, value)
         for (c2, l_label), l_rows in series.items():
             if c2 != channels or l_rows[0].config.get("op") in global_ops:
                 continue
-            l_at = _median_by_pixels(l_rows)
+            l_at = _median_by_pixels(l_rows, value)
             common = sorted(set(g_at) & set(l_at))
             if len(common) >= 2:
                 out[(channels, g_label, l_label)] = [(px, g_at[px] / l_at[px]) for px in common]
     return out
 
 
-def _median_by_pixels(rows: Sequence[Record]) -> dict[int, float]:
-    """H x W -> the median latency over the rows of that size (the other parameters)."""
+def _median_by_pixels(rows: Sequence[Record],
+                      value: Callable[[Record], float | None] = _fwd_ms) -> dict[int, float]:
+    """H x W -> the median value over the rows of that size (the other parameters)."""
     at: dict[int, list[float]] = {}
     for r in rows:
-        at.setdefault(r.config["height"] * r.config["width"], []).append(_fwd_ms(r))
+        at.setdefault(r.config["height"] * r.config["width"], []).append(value(r))
     return {px: float(statistics.median(v)) for px, v in at.items()}
 
 

@@ -4,6 +4,7 @@ met with their rules, and memory."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -189,6 +190,45 @@ def memory_rows(records: list[Record]) -> list[dict[str, Any]]:
     return rows
 
 
+def crossover_rows(records: list[Record]) -> tuple[list[dict[str, Any]], str]:
+    """Where a global operator (non-local) overtakes each local one as H x W grows, in
+    counted MACs and in measured latency, from the rows of this report; and the summary
+    line. Empty without a global operator measured at two sizes or more."""
+    from lrprof.plots.sweep import GLOBAL_OPS, crossings
+
+    if not any(r.config.get("op") in GLOBAL_OPS for r in records):
+        return [], ""
+
+    def macs(r: Record) -> float | None:
+        return r.exact.get("fwd_MACs")
+
+    by_macs = {(c.channels, c.global_label, c.local_label): c for c in crossings(records, value=macs)}
+    rows, summary = [], []
+    for c in crossings(records):
+        work = by_macs.get((c.channels, c.global_label, c.local_label))
+        rows.append({"C": c.channels, "global": c.global_label, "local": c.local_label,
+                     "MACs overtake at (pixels)": _where(work), "latency overtakes at (pixels)": _where(c)})
+        if c.pixels is not None:
+            summary.append(f"{c.local_label}'s at ~{math.sqrt(c.pixels):.0f}x{math.sqrt(c.pixels):.0f}")
+    line = ""
+    if rows:
+        line = (f"{rows[0]['global']}'s quadratic term overtakes the local operators as H x W grows: "
+                + ("its latency passes " + ", ".join(summary) if summary else
+                   "no latency crossing within the measured sizes")
+                + " (interpolated between the measured sizes; the table gives the MACs crossing too).")
+    return rows, line
+
+
+def _where(c: Any) -> str:
+    if c is None:
+        return ""
+    if c.pixels is None:
+        low, high = c.between
+        return f"{'above' if c.global_slower_after else 'below'} at every size ({low:,}-{high:,})"
+    edge = math.sqrt(c.pixels)
+    return f"{c.pixels:,.0f} (~{edge:.0f}x{edge:.0f})"
+
+
 def _unavailable_note(unavailable: dict[str, dict[str, str]] | None) -> list[str]:
     return [f"{op}: implementation {name} not measured: {reason}"
             for op, reasons in (unavailable or {}).items() for name, reason in reasons.items()]
@@ -225,6 +265,10 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
             sections.append(Section(f"Ops met at the dispatcher: {r.name}", ops,
                                     f"uncounted: {r.checks.get('uncounted_ops', 'n/a')}",
                                     show="markdown"))
+    crossing, crossing_line = crossover_rows(records)
+    if crossing:
+        sections.insert(1, Section("Where the global operator overtakes the local ones", crossing,
+                                   crossing_line))
     sections.append(Section("Memory", memory_rows(records), MEMORY_NOTE, show="markdown"))
     notes = [
         "MACs count one forward pass (and one backward pass with --backward) at the dispatcher; "
