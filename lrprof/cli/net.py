@@ -48,8 +48,10 @@ def net(
     from lrprof.spec import parse_size, resolve_device
 
     if list_:
-        for net_def in list_nets():
-            typer.echo(f"{net_def.name:10s} {net_def.summary}")
+        nets = list_nets()
+        width = max(len(n.name) for n in nets)
+        for net_def in nets:
+            typer.echo(f"{net_def.name:{width}s}  {net_def.summary}")
         return
     if name is None:
         raise SpecError("net", "a network name (lrprof net --list shows them)", None)
