@@ -60,6 +60,7 @@ class Progress:
         self._shown = delay_s <= 0
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
+        self._titled = False  # the plain-line title went out
 
     # -- state ------------------------------------------------------------------------------
 
@@ -100,7 +101,12 @@ class Progress:
     def _show(self) -> None:
         if self._is_terminal():
             self._start_bar()
-        elif self.title:
+        elif self.current:  # else at the first item: the caller may not know the total yet
+            self._title()
+
+    def _title(self) -> None:
+        if self.title and not self._titled:
+            self._titled = True
             self._line(f"{self.title}: {self.total} {self.what}"
                        + (f", {self.skipped} already done" if self.skipped else "")
                        + (f"; now {self.current}" if self.current else ""))
@@ -132,6 +138,8 @@ class Progress:
     def start(self, label: str) -> None:
         """The item now being worked on."""
         self.current = label
+        if self._shown and self._bar is None and not self.quiet and not self._is_terminal():
+            self._title()
         if self._bar is not None and self._shown:
             self._bar.update(self._task, description=label, **self._fields())
 

@@ -100,9 +100,17 @@ def backward_run(tmp_path_factory):
 # ---- a successful run ---------------------------------------------------------------------
 
 
+PROGRESS = re.compile(r"^(lrprof layer: \d+ steps|\[\s*\d+/\d+\] (ok|FAILED) |done: \d+/\d+ steps)")
+
+
+def not_progress(err: str) -> list[str]:
+    """stderr lines other than progress (which appears once a run passes 2 s)."""
+    return [line for line in err.splitlines() if not PROGRESS.match(line)]
+
+
 def test_layer_prints_table_and_writes_three_stable_files(plain_run):
     assert plain_run.rc == 0
-    assert plain_run.err == ""
+    assert not_progress(plain_run.err) == []
     for title in ("Layer", "Model check", "What stock counters see"):
         assert title in plain_run.out
     assert "lr[unfold] k=3 m=4 s=1 C=8 8x8 B=1" in plain_run.out
@@ -399,3 +407,18 @@ def test_profile_layer_on_cuda_with_backward(dtype):
     (row,) = layer_report([record], ["layer"]).rows()
     assert row["memory_method"] == CUDA_METHOD
     assert row["fwd_bwd_median_ms"] is not None
+
+
+def test_progress_on_a_non_terminal_is_plain_lines_and_quiet_silences_it(tmp_path, monkeypatch):
+    import lrprof.cli.layer as cli_layer
+
+    monkeypatch.setattr(cli_layer, "PROGRESS_DELAY_S", 0.0)  # at once, not after 2 s
+    run = run_in_process(layer_args(tmp_path / "shown"))
+    assert run.rc == 0
+    lines = run.err.splitlines()
+    assert lines[0].startswith("lrprof layer: 5 steps")  # 2 rows prepared, 1 timing, 2 memory
+    assert any(line.startswith("[3/5] ok timing 2 rows interleaved") for line in lines)
+    assert lines[-1].startswith("done: 5/5 steps") and "ETA" in lines[-1]
+    assert "\x1b[" not in run.err  # no terminal escapes in a log
+    quiet = run_in_process(layer_args(tmp_path / "quiet", "--quiet"))
+    assert quiet.rc == 0 and quiet.err == ""

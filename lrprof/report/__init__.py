@@ -23,10 +23,12 @@ FORMATS = ("md", "csv", "json")
 
 
 def _headers(rows: list[dict[str, Any]]) -> list[str]:
+    """Every column of the rows, in order, less those empty in every row (a figure no row
+    has, such as a work ratio where no exact model exists); the files keep them all."""
     headers: list[str] = []
     for row in rows:
         headers += [h for h in row if h not in headers]
-    return headers
+    return [h for h in headers if any(row.get(h) not in (None, "") for row in rows)]
 
 
 def _table(rows: list[dict[str, Any]], tablefmt: str, headers: list[str] | None = None) -> str:
@@ -35,13 +37,6 @@ def _table(rows: list[dict[str, Any]], tablefmt: str, headers: list[str] | None 
     headers = headers or _headers(rows)
     body = [[fmt(row.get(h)) for h in headers] for row in rows]
     return tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True)
-
-
-def _headers(rows: list[dict[str, Any]]) -> list[str]:
-    headers: list[str] = []
-    for row in rows:
-        headers += [h for h in row if h not in headers]
-    return headers
 
 
 HEADER_WRAP = 10  # a terminal header wraps onto several lines rather than widen its column

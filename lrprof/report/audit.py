@@ -13,12 +13,10 @@ from lrprof.measure import device as device_facts
 from lrprof.record import Record, Report, Section
 from lrprof.report import latency_text
 from lrprof.report.layer import stock_rows
+from lrprof.report.numbers import mib, runs_text
 
 if TYPE_CHECKING:
     from lrprof.audit import Audit
-
-MIB = 2**20
-
 
 def check_rows(audit: Audit) -> list[dict[str, Any]]:
     return [{"check": r.check, "result": r.status, "measured": r.measured,
@@ -42,14 +40,16 @@ def side_by_side_rows(records: list[Record]) -> list[dict[str, Any]]:
             "params": r.exact.get("params"),
             "fwd MACs": r.exact.get("fwd_MACs"),
             "fwd exps": r.exact.get("fwd_exps"),
-            "fwd ms median [IQR] n": latency_text(r.latency.get("fwd")),
+            "fwd ms, median [IQR]": latency_text(r.latency.get("fwd"), runs=False),
+            "fwd runs": runs_text(r.latency.get("fwd")),
         }
         if backward:
             row["bwd MACs"] = r.exact.get("bwd_MACs")
-            row["fwd+bwd ms median [IQR] n"] = latency_text(r.latency.get("fwd_bwd"))
+            row["fwd+bwd ms, median [IQR]"] = latency_text(r.latency.get("fwd_bwd"), runs=False)
+            row["fwd+bwd runs"] = runs_text(r.latency.get("fwd_bwd"))
         m = r.memory.get("fwd")
-        row["fwd peak MiB"] = m.peak_bytes / MIB if m else None
-        row["fwd latency / lrprof's"] = r.derived.get("fwd_latency_vs_lrprof")
+        row["fwd peak (MiB)"] = mib(m.peak_bytes) if m else None
+        row["fwd time / lrprof's"] = r.derived.get("fwd_latency_vs_lrprof")
         row["fwd peak / lrprof's"] = r.derived.get("fwd_peak_vs_lrprof")
         if r.error:
             row["error"] = r.error

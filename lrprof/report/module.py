@@ -11,51 +11,10 @@ import torch
 from lrprof.measure import device as device_facts
 from lrprof.measure.parts import METHOD as HOOK_METHOD
 from lrprof.record import Record, Report, Section
-from lrprof.report import latency_text
-from lrprof.report.layer import memory_rows, stock_rows
+from lrprof.report.layer import LAYER_LEGEND, memory_rows, stock_rows, summary_essentials, summary_rows
 
 if TYPE_CHECKING:
     from lrprof.moduleprofile import ModuleProfile
-
-MIB = 2**20
-
-
-def _m(value: float | int | None) -> float | None:
-    return None if value is None else value / 1e6
-
-
-def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
-    backward = any("fwd_bwd" in r.latency or "bwd_MACs" in r.exact for r in records)
-    rows = []
-    for r in records:
-        row: dict[str, Any] = {
-            "layer": r.name,
-            "role": r.derived.get("role"),
-            "params": r.exact.get("params"),
-            "fwd MACs (M)": _m(r.exact.get("fwd_MACs")),
-            "fwd exps": r.exact.get("fwd_exps"),
-            "fwd ms median [IQR] n": latency_text(r.latency.get("fwd")),
-        }
-        if backward:
-            row["bwd MACs (M)"] = _m(r.exact.get("bwd_MACs"))
-            row["fwd+bwd ms median [IQR] n"] = latency_text(r.latency.get("fwd_bwd"))
-        for phase in ("fwd", "fwd_bwd"):
-            if phase == "fwd" or backward:
-                m = r.memory.get(phase)
-                row[f"{phase.replace('_', '+')} peak MiB"] = m.peak_bytes / MIB if m else None
-        if any("baseline" in x.derived for x in records):
-            row["fwd latency / 3x3 conv"] = r.derived.get("fwd_latency_vs_baseline")
-            if backward:
-                row["fwd+bwd latency / 3x3 conv"] = r.derived.get("fwd_bwd_latency_vs_baseline")
-            row["fwd peak / 3x3 conv"] = r.derived.get("fwd_peak_vs_baseline")
-        row["fwd GMAC/s"] = r.derived.get("fwd_GMAC_per_s")
-        row["uncounted ops"] = r.checks.get("uncounted_ops")
-        row["verdict"] = r.checks.get("verdict")
-        if r.error:
-            row["error"] = r.error
-        rows.append(row)
-    return rows
-
 
 def part_rows(parts: list[Record]) -> list[dict[str, Any]]:
     rows = []
@@ -100,11 +59,10 @@ def module_report(profile: ModuleProfile, argv: list[str] | None = None,
         part_note += (" Compiled module: its parts run fused, so they have MACs (of the eager ops "
                       "dynamo runs) but no time of their own.")
     sections = [
-        Section("Module", summary_rows(records),
-                "latency: milliseconds per call, median [first-third quartile], n timed runs "
-                "(RxC: R runs, each the mean of C calls); rows timed in one interleaved schedule; "
-                "'/ 3x3 conv': ratio to a dense 3x3 convolution C -> C of the first input's shape, "
-                "same run; MACs: multiply-accumulates (1 MAC = 2 FLOPs), exps apart"),
+        Section("Module (MACs: multiply-accumulates, 1 MAC = 2 FLOPs)", summary_rows(records),
+                "rows timed in one interleaved schedule; conv3x3: a dense 3x3 convolution C -> C of "
+                "the first input's shape",
+                essential=summary_essentials(records), legend=LAYER_LEGEND, shorten=("verdict", "error")),
         Section("Submodules (forward; MACs: multiply-accumulates)", part_rows(profile.parts), part_note),
         Section("What stock counters see (same forward pass, by op family)", stock_rows([main])),
     ]
@@ -131,5 +89,6 @@ def module_report(profile: ModuleProfile, argv: list[str] | None = None,
     notes.append(f"timing: {timed[0].method}" if timed else "timing: not measured")
     threads = sorted({s.threads for s in timed if s.threads})
     if threads:
-        notes.append(f"CPU timings ran on {', '.join(map(str, threads))} torch thread(s).")
+        notes.append(f"CPU timings ran on {', '.join(map(str, threads))} torch thread"
+                     f"{'' if threads == [1] else 's'}.")
     return Report("layer", environment, records + profile.parts, sections, notes, argv or [])
