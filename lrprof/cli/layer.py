@@ -34,6 +34,8 @@ FLAGS: list[tuple[str, str, bool, str]] = [
     ("stock", "--stock/--no-stock", True, "also run stock fvcore and FlopCounterMode"),
     ("check_output", "--check-output/--no-check-output", True,
      "check each output against the operator's float64 reference"),
+    ("roofline", "--roofline/--no-roofline", True,
+     "measure the device's copy and matmul ceilings (once per run) and place each row"),
     ("quiet", "--quiet", False, "print only the paths written"),
 ]
 
@@ -104,7 +106,8 @@ def layer(**options: Any) -> None:
     specs = [prepare_spec(spec) for spec in grid.specs]  # every row valid before anything runs
     out = out_dir(common["out"])
     measure = MeasureOptions(backward=flags["backward"], timing=timing, stock_counters=flags["stock"],
-                             check_output=flags["check_output"], baseline=common["baseline"] != "none")
+                             check_output=flags["check_output"], baseline=common["baseline"] != "none",
+                             roofline=flags["roofline"])
     environment = collect(device)  # before measuring: a failure here loses nothing
     records = profile_layers(specs, measure)
     report = layer_report(records, argv(), environment, grid.unavailable)
