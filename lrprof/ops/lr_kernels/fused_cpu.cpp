@@ -152,7 +152,8 @@ Shape make_shape(const at::Tensor& x, const at::Tensor& query, int64_t k, int64_
   sh.s = s;
   sh.K2 = k * k;
   sh.tiles = (sh.Wo + TILE - 1) / TILE;
-  sh.Wp = std::max((sh.tiles * TILE - 1) * s + k, sh.W + sh.r);
+  // a multiple of 16 floats: rows start on 64-byte lines, fewer vector loads straddle two
+  sh.Wp = (std::max((sh.tiles * TILE - 1) * s + k, sh.W + sh.r) + 15) / 16 * 16;
   return sh;
 }
 
@@ -548,7 +549,8 @@ void forward_impl(const Shape& sh, const T* x, const T* query, const T* key, con
   const int64_t rows_per = (sh.Ho + blocks - 1) / blocks;
   const int64_t Hp = (rows_per - 1) * sh.s + sh.k;
   const int64_t plane = Hp * sh.Wp;
-  const int64_t per_thread = (sh.m + 1) * plane + sh.K2 * TILE + 2 * TILE;
+  // in 16-float steps: every thread's planes start on a 64-byte line, as the scratch does
+  const int64_t per_thread = ((sh.m + 1) * plane + sh.K2 * TILE + 2 * TILE + 15) / 16 * 16;
   at::Tensor scratch = at::empty({threads, per_thread}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   T* scratch0 = scratch.data_ptr<T>();
   const ColumnMasks<T, TILE> masks(sh);
