@@ -38,8 +38,10 @@ CASES = [
     ("absdiff", 6, 4, 7, 1, 5, 9, 1),
     ("mul", 5, 2, 3, 3, 8, 7, 2),
 ]
-# Wide enough for the fused kernel's vector tiles (8 floats) with interior tiles.
+# Wide enough for the fused kernel's vector tiles (8 floats) with interior tiles, at
+# stride 1 and at stride 2 (whose padded rows the kernel splits into column phases).
 WIDE = ("sqdiff", 16, 8, 7, 1, 6, 29, 1)
+WIDE_S2 = ("mul", 12, 8, 5, 2, 7, 37, 1)
 
 
 def case_id(case) -> str:
@@ -91,17 +93,17 @@ def check_against_reference(case, impl: str, seed: int) -> None:
 # --------------------------------------------------------------------------- forward
 
 
-@pytest.mark.parametrize("case", CASES + [WIDE], ids=case_id)
+@pytest.mark.parametrize("case", CASES + [WIDE, WIDE_S2], ids=case_id)
 @pytest.mark.parametrize("impl", ["shift", "fused"])
 def test_matches_naive_reference(impl: str, case) -> None:
-    check_against_reference(case, impl, seed=100 + (CASES + [WIDE]).index(case))
+    check_against_reference(case, impl, seed=100 + (CASES + [WIDE, WIDE_S2]).index(case))
 
 
 def test_fused_large_logits_take_the_exact_path() -> None:
     """Inputs scaled by 40: logits within a window differ by thousands, beyond what the
     kernel's one-sweep exponentials (relative to the centre's logit) can hold; it must notice
     and redo those tiles relative to the true maximum."""
-    for case in (WIDE, CASES[0]):
+    for case in (WIDE, WIDE_S2, CASES[0]):
         layer, x = layer_and_input(case, "fused", seed=300, scale=40.0)
         ref = ref_of(layer, x)
         assert rel_err(forward(layer, x), ref) < TOL64
@@ -127,7 +129,7 @@ def test_outside_weight_is_exactly_zero(impl: str) -> None:
 # --------------------------------------------------------------------------- backward
 
 
-@pytest.mark.parametrize("case", CASES + [WIDE], ids=case_id)
+@pytest.mark.parametrize("case", CASES + [WIDE, WIDE_S2], ids=case_id)
 @pytest.mark.parametrize("impl", ["shift", "fused"])
 def test_gradients_match_autograd_through_unfold(impl: str, case) -> None:
     """Every gradient (x and all parameters) in float64, against autograd through the

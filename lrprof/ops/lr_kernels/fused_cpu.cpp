@@ -132,8 +132,10 @@ inline T compose(T q, T key) {
 // Sizes of one call, and of the padded planes its tasks work on.
 struct Shape {
   int64_t B, C, H, W, G, Ho, Wo, k, r, m, s, K2;
-  int64_t tiles;  // output tiles per row
-  int64_t Wp;     // padded plane width: every tile's window columns are inside
+  int64_t tiles;      // output tiles per row
+  int64_t Wq;         // a padded row holds s phases of Wq columns: padded column pc is at
+  int64_t Wp;         //   (pc % s) * Wq + pc / s, so stride-s windows read contiguous lanes;
+  int64_t colof[64];  //   Wp = s * Wq; colof[dj] is window column dj's offset in a row
 };
 
 template <int TILE>
@@ -152,15 +154,19 @@ Shape make_shape(const at::Tensor& x, const at::Tensor& query, int64_t k, int64_
   sh.s = s;
   sh.K2 = k * k;
   sh.tiles = (sh.Wo + TILE - 1) / TILE;
-  // a multiple of 16 floats: rows start on 64-byte lines, fewer vector loads straddle two
-  sh.Wp = (std::max((sh.tiles * TILE - 1) * s + k, sh.W + sh.r) + 15) / 16 * 16;
+  // every tile's window columns, and every image column (for the backward's copy out)
+  const int64_t columns = std::max((sh.tiles * TILE - 1) * s + k, sh.W + sh.r);
+  const int64_t phase = std::max((columns + s - 1) / s, sh.tiles * TILE + (k - 1) / s);
+  sh.Wq = (phase + 15) / 16 * 16;  // rows and phases start on 64-byte lines
+  sh.Wp = s * sh.Wq;
+  for (int64_t dj = 0; dj < k; ++dj) sh.colof[dj] = (dj % s) * sh.Wq + dj / s;
   return sh;
 }
 
-// Rows [row0, row0 + Hp) of a (H, W) plane, columns shifted by r, zeros outside.
+// Rows [row0, row0 + Hp) of a (H, W) plane, columns shifted by r and split into the s
+// phases of the padded layout (see Shape), zeros outside the image.
 template <typename T>
 void pad_plane(const T* src, const Shape& sh, int64_t row0, int64_t Hp, T* dst) {
-  const int64_t ncopy = std::min(sh.W, sh.Wp - sh.r);
   for (int64_t pr = 0; pr < Hp; ++pr) {
     T* d = dst + pr * sh.Wp;
     const int64_t y = row0 + pr;
@@ -168,16 +174,25 @@ void pad_plane(const T* src, const Shape& sh, int64_t row0, int64_t Hp, T* dst) 
       std::fill(d, d + sh.Wp, T(0));
       continue;
     }
-    std::fill(d, d + sh.r, T(0));
-    std::memcpy(d + sh.r, src + y * sh.W, ncopy * sizeof(T));
-    std::fill(d + sh.r + ncopy, d + sh.Wp, T(0));
+    const T* row = src + y * sh.W;
+    if (sh.s == 1) {
+      const int64_t n = std::min(sh.W, sh.Wp - sh.r);
+      std::fill(d, d + sh.r, T(0));
+      std::memcpy(d + sh.r, row, n * sizeof(T));
+      std::fill(d + sh.r + n, d + sh.Wp, T(0));
+      continue;
+    }
+    std::fill(d, d + sh.Wp, T(0));
+    for (int64_t x = 0; x < sh.W; ++x) {
+      const int64_t pc = x + sh.r;
+      if (pc / sh.s < sh.Wq) d[(pc % sh.s) * sh.Wq + pc / sh.s] = row[x];
+    }
   }
 }
 
-// The interior of a padded plane (padded row 0 = image row -r) back to a (H, W) plane.
+// The image part of a padded plane (padded row 0 = image row -r) back to a (H, W) plane.
 template <typename T>
 void unpad_plane(const T* src, const Shape& sh, int64_t Hp, T* dst) {
-  const int64_t ncopy = std::min(sh.W, sh.Wp - sh.r);
   for (int64_t y = 0; y < sh.H; ++y) {
     T* d = dst + y * sh.W;
     const int64_t pr = y + sh.r;
@@ -185,8 +200,11 @@ void unpad_plane(const T* src, const Shape& sh, int64_t Hp, T* dst) {
       std::fill(d, d + sh.W, T(0));
       continue;
     }
-    std::memcpy(d, src + pr * sh.Wp + sh.r, ncopy * sizeof(T));
-    std::fill(d + ncopy, d + sh.W, T(0));
+    const T* row = src + pr * sh.Wp;
+    for (int64_t x = 0; x < sh.W; ++x) {
+      const int64_t pc = x + sh.r;
+      d[x] = pc / sh.s < sh.Wq ? row[(pc % sh.s) * sh.Wq + pc / sh.s] : T(0);
+    }
   }
 }
 
@@ -231,12 +249,12 @@ inline Rows rows_inside(const Shape& sh, int64_t i) {
 }
 
 // One window position's logits for the tile's lanes.
-template <typename T, int PHI, int TILE, bool S1, bool BORDER>
-inline void logits(const T* __restrict__ kr, int64_t s, const T* __restrict__ qv, T pr, const T* __restrict__ bias,
+template <typename T, int PHI, int TILE, bool BORDER>
+inline void logits(const T* __restrict__ kr, const T* __restrict__ qv, T pr, const T* __restrict__ bias,
                    T* __restrict__ l) {
 #pragma omp simd
   for (int jj = 0; jj < TILE; ++jj) {
-    T v = compose<T, PHI>(qv[jj], kr[jj * (S1 ? 1 : s)]) + pr;
+    T v = compose<T, PHI>(qv[jj], kr[jj]) + pr;
     if constexpr (BORDER) v += bias[jj];
     l[jj] = v;
   }
@@ -244,15 +262,15 @@ inline void logits(const T* __restrict__ kr, int64_t s, const T* __restrict__ qv
 
 // The tile's numerators again, relative to the true maximum logit of each lane: two sweeps
 // (logits and their max, then the exponentials). Returns the sums in `sum`.
-template <typename T, int PHI, int TILE, bool S1, bool BORDER>
-void tile_exps_exact(const Shape& sh, const T* base, int64_t s, const T* prior, const T* qv, const T* bias, Rows rows,
-                     T* e, T* sum) {
+template <typename T, int PHI, int TILE, bool BORDER>
+void tile_exps_exact(const Shape& sh, const T* base, const T* prior, const T* qv, const T* bias, Rows rows, T* e,
+                     T* sum) {
   T mx[TILE];
   for (int jj = 0; jj < TILE; ++jj) mx[jj] = -std::numeric_limits<T>::infinity();
   for (int64_t di = rows.lo; di < rows.hi; ++di) {
     for (int64_t dj = 0; dj < sh.k; ++dj) {
       T* l = e + (di * sh.k + dj) * TILE;
-      logits<T, PHI, TILE, S1, BORDER>(base + di * sh.Wp + dj, s, qv, prior[di * sh.k + dj], bias + dj * TILE, l);
+      logits<T, PHI, TILE, BORDER>(base + di * sh.Wp + sh.colof[dj], qv, prior[di * sh.k + dj], bias + dj * TILE, l);
       for (int jj = 0; jj < TILE; ++jj) mx[jj] = l[jj] > mx[jj] ? l[jj] : mx[jj];
     }
   }
@@ -272,17 +290,16 @@ void tile_exps_exact(const Shape& sh, const T* base, int64_t s, const T* prior, 
 // One sweep: each logit, then e = 2^((l - c) log2 e) with c the centre position's logit;
 // only if some sum reaches `sum_limit` (a logit far above the centre's) is the tile redone
 // relative to the true maximum. Window rows outside the image are neither computed nor read.
-template <typename T, int PHI, int TILE, bool S1, bool BORDER>
+template <typename T, int PHI, int TILE, bool BORDER>
 void tile_exps(const Shape& sh, const T* __restrict__ kp, int64_t prow0, const T* __restrict__ prior, int64_t j0,
                const T* __restrict__ qv, const T* __restrict__ bias, const T* __restrict__ lane, Rows rows,
                T* __restrict__ e, T* __restrict__ inv) {
-  const int64_t s = S1 ? 1 : sh.s;
-  const T* base = kp + prow0 * sh.Wp + j0 * s;
+  const T* base = kp + prow0 * sh.Wp + j0;
   T shift[TILE];
   T sum[TILE];
   {
     T centre[TILE];
-    logits<T, PHI, TILE, S1, false>(base + sh.r * sh.Wp + sh.r, s, qv, prior[sh.r * sh.k + sh.r], bias, centre);
+    logits<T, PHI, TILE, false>(base + sh.r * sh.Wp + sh.colof[sh.r], qv, prior[sh.r * sh.k + sh.r], bias, centre);
     for (int jj = 0; jj < TILE; ++jj) {
       shift[jj] = -centre[jj] * log2e<T>();
       sum[jj] = T(0);
@@ -292,7 +309,7 @@ void tile_exps(const Shape& sh, const T* __restrict__ kp, int64_t prow0, const T
     const T* krow = base + di * sh.Wp;
     for (int64_t dj = 0; dj < sh.k; ++dj) {
       T* l = e + (di * sh.k + dj) * TILE;
-      logits<T, PHI, TILE, S1, BORDER>(krow + dj, s, qv, prior[di * sh.k + dj], bias + dj * TILE, l);
+      logits<T, PHI, TILE, BORDER>(krow + sh.colof[dj], qv, prior[di * sh.k + dj], bias + dj * TILE, l);
 #pragma omp simd
       for (int jj = 0; jj < TILE; ++jj) {
         const T v = exp2_clamped(l[jj] * log2e<T>() + shift[jj]);
@@ -303,7 +320,7 @@ void tile_exps(const Shape& sh, const T* __restrict__ kp, int64_t prow0, const T
   }
   bool overflow = false;
   for (int jj = 0; jj < TILE; ++jj) overflow |= !(sum[jj] < sum_limit<T>());
-  if (overflow) tile_exps_exact<T, PHI, TILE, S1, BORDER>(sh, base, s, prior, qv, bias, rows, e, sum);
+  if (overflow) tile_exps_exact<T, PHI, TILE, BORDER>(sh, base, prior, qv, bias, rows, e, sum);
   for (int jj = 0; jj < TILE; ++jj) inv[jj] = lane[jj] / sum[jj];
 }
 
@@ -343,7 +360,8 @@ inline __m256 logit_avx2(__m256 q, __m256 key, __m256 prior) {
   }
 }
 
-template <int PHI, bool BORDER>
+// UNIT: stride 1, where window column dj sits at offset dj (colof[dj] == dj, known here).
+template <int PHI, bool BORDER, bool UNIT>
 void tile_exps_avx2(const Shape& sh, const float* __restrict__ kp, int64_t prow0, const float* __restrict__ prior,
                     int64_t j0, const float* __restrict__ qv, const float* __restrict__ bias,
                     const float* __restrict__ valid, const float* __restrict__ lane, Rows rows, float* __restrict__ e,
@@ -351,7 +369,7 @@ void tile_exps_avx2(const Shape& sh, const float* __restrict__ kp, int64_t prow0
   const float* base = kp + prow0 * sh.Wp + j0;
   const __m256 q = _mm256_loadu_ps(qv);
   const __m256 l2e = _mm256_set1_ps(log2e<float>());
-  const __m256 centre = logit_avx2<PHI>(q, _mm256_loadu_ps(base + sh.r * sh.Wp + sh.r),
+  const __m256 centre = logit_avx2<PHI>(q, _mm256_loadu_ps(base + sh.r * sh.Wp + (UNIT ? sh.r : sh.colof[sh.r])),
                                         _mm256_set1_ps(prior[sh.r * sh.k + sh.r]));
   const __m256 shift = _mm256_mul_ps(centre, _mm256_set1_ps(-log2e<float>()));
   __m256 sum = _mm256_setzero_ps();
@@ -360,7 +378,7 @@ void tile_exps_avx2(const Shape& sh, const float* __restrict__ kp, int64_t prow0
     const float* prow = prior + di * sh.k;
     float* erow = e + di * sh.k * 8;
     for (int64_t dj = 0; dj < sh.k; ++dj) {
-      const __m256 l = logit_avx2<PHI>(q, _mm256_loadu_ps(krow + dj), _mm256_set1_ps(prow[dj]));
+      const __m256 l = logit_avx2<PHI>(q, _mm256_loadu_ps(krow + (UNIT ? dj : sh.colof[dj])), _mm256_set1_ps(prow[dj]));
       __m256 v = exp2_avx2(_mm256_fmadd_ps(l, l2e, shift));
       if constexpr (BORDER) v = _mm256_and_ps(v, _mm256_loadu_ps(valid + dj * 8));
       _mm256_storeu_ps(erow + dj * 8, v);
@@ -369,54 +387,56 @@ void tile_exps_avx2(const Shape& sh, const float* __restrict__ kp, int64_t prow0
   }
   if (_mm256_movemask_ps(_mm256_cmp_ps(sum, _mm256_set1_ps(sum_limit<float>()), _CMP_NLT_UQ)) != 0) {
     alignas(32) float sums[8];
-    tile_exps_exact<float, PHI, 8, true, BORDER>(sh, base, 1, prior, qv, bias, rows, e, sums);
+    tile_exps_exact<float, PHI, 8, BORDER>(sh, base, prior, qv, bias, rows, e, sums);
     sum = _mm256_load_ps(sums);
   }
   _mm256_storeu_ps(inv, _mm256_div_ps(_mm256_loadu_ps(lane), sum));
 }
 #endif
 
-template <typename T, int PHI, int TILE, bool S1>
+template <typename T, int PHI, int TILE>
 inline void tile_exps_any(const Shape& sh, const T* kp, int64_t prow0, const T* prior, int64_t j0, const T* qv,
                           const ColumnMasks<T, TILE>& masks, int64_t t, Rows rows, T* e, T* inv) {
   const T* bias = masks.bias.data() + t * sh.k * TILE;
   const T* lane = masks.lane.data() + t * TILE;
 #ifdef LRPROF_AVX2
-  if constexpr (std::is_same_v<T, float> && TILE == 8 && S1) {
+  if constexpr (std::is_same_v<T, float> && TILE == 8) {
     const T* valid = masks.valid.data() + t * sh.k * TILE;
+    const bool unit = sh.s == 1;
     if (masks.interior[t]) {
-      tile_exps_avx2<PHI, false>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv);
+      unit ? tile_exps_avx2<PHI, false, true>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv)
+           : tile_exps_avx2<PHI, false, false>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv);
     } else {
-      tile_exps_avx2<PHI, true>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv);
+      unit ? tile_exps_avx2<PHI, true, true>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv)
+           : tile_exps_avx2<PHI, true, false>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv);
     }
     return;
   }
 #endif
   if (masks.interior[t]) {
-    tile_exps<T, PHI, TILE, S1, false>(sh, kp, prow0, prior, j0, qv, bias, lane, rows, e, inv);
+    tile_exps<T, PHI, TILE, false>(sh, kp, prow0, prior, j0, qv, bias, lane, rows, e, inv);
   } else {
-    tile_exps<T, PHI, TILE, S1, true>(sh, kp, prow0, prior, j0, qv, bias, lane, rows, e, inv);
+    tile_exps<T, PHI, TILE, true>(sh, kp, prow0, prior, j0, qv, bias, lane, rows, e, inv);
   }
 }
 
 // y rows of CB channels for one tile: sum over the window of e * x, times inv (each e
 // vector loaded once per CB multiply-adds; the CB accumulators stay in registers).
-template <typename T, int TILE, int CB, bool S1>
+template <typename T, int TILE, int CB>
 inline void aggregate(const Shape& sh, const T* __restrict__ xp, int64_t plane, int64_t prow0, const T* __restrict__ e,
                       const T* __restrict__ inv, int64_t j0, Rows rows, T* const* __restrict__ out) {
-  const int64_t s = S1 ? 1 : sh.s;
   T a[CB][TILE];
   for (int cc = 0; cc < CB; ++cc)
     for (int jj = 0; jj < TILE; ++jj) a[cc][jj] = T(0);
-  const T* base = xp + prow0 * sh.Wp + j0 * s;
+  const T* base = xp + prow0 * sh.Wp + j0;
   for (int64_t di = rows.lo; di < rows.hi; ++di) {
     for (int64_t dj = 0; dj < sh.k; ++dj) {
       const T* ev = e + (di * sh.k + dj) * TILE;
-      const T* xr = base + di * sh.Wp + dj;
+      const T* xr = base + di * sh.Wp + sh.colof[dj];
 #pragma GCC unroll 8
       for (int cc = 0; cc < CB; ++cc) {
 #pragma omp simd
-        for (int jj = 0; jj < TILE; ++jj) a[cc][jj] += ev[jj] * xr[cc * plane + jj * s];
+        for (int jj = 0; jj < TILE; ++jj) a[cc][jj] += ev[jj] * xr[cc * plane + jj];
       }
     }
   }
@@ -436,12 +456,12 @@ inline void load_lanes(const T* src, T* dst, int64_t j0, int64_t Wo) {
   for (int jj = 0; jj < TILE; ++jj) dst[jj] = j0 + jj < Wo ? src[j0 + jj] : T(0);
 }
 
-template <typename T, int PHI, int TILE, bool S1, int CB>
+template <typename T, int PHI, int TILE, int CB>
 inline void aggregate_block(const Shape& sh, const T* xp, int64_t plane, int64_t prow0, const T* e, const T* inv,
                             int64_t j0, Rows rows, T* y, int64_t c) {
   T* out[CB];
   for (int cc = 0; cc < CB; ++cc) out[cc] = y + (c + cc) * sh.Ho * sh.Wo;
-  aggregate<T, TILE, CB, S1>(sh, xp + c * plane, plane, prow0, e, inv, j0, rows, out);
+  aggregate<T, TILE, CB>(sh, xp + c * plane, plane, prow0, e, inv, j0, rows, out);
 }
 
 #ifdef LRPROF_AVX2
@@ -450,7 +470,7 @@ inline void aggregate_block(const Shape& sh, const T* xp, int64_t plane, int64_t
 // multiply-adds it into CB channel accumulators held in registers, then writes those CB
 // rows of y. Returns false, writing nothing, when some sum reached `sum_limit` (the caller
 // then redoes the tile relative to the true maximum).
-template <int PHI, bool BORDER, int CB, bool KEEP>
+template <int PHI, bool BORDER, int CB, bool KEEP, bool UNIT>
 bool tile_fused_avx2(const Shape& sh, const float* __restrict__ kp, const float* __restrict__ xp, int64_t plane,
                      int64_t prow0, const float* __restrict__ prior, int64_t j0, const float* __restrict__ qv,
                      const float* __restrict__ valid, const float* __restrict__ lane, Rows rows,
@@ -459,7 +479,7 @@ bool tile_fused_avx2(const Shape& sh, const float* __restrict__ kp, const float*
   const float* xbase = xp + prow0 * sh.Wp + j0;
   const __m256 q = _mm256_loadu_ps(qv);
   const __m256 l2e = _mm256_set1_ps(log2e<float>());
-  const __m256 centre = logit_avx2<PHI>(q, _mm256_loadu_ps(kbase + sh.r * sh.Wp + sh.r),
+  const __m256 centre = logit_avx2<PHI>(q, _mm256_loadu_ps(kbase + sh.r * sh.Wp + (UNIT ? sh.r : sh.colof[sh.r])),
                                         _mm256_set1_ps(prior[sh.r * sh.k + sh.r]));
   const __m256 shift = _mm256_mul_ps(centre, _mm256_set1_ps(-log2e<float>()));
   __m256 sum = _mm256_setzero_ps();
@@ -471,13 +491,14 @@ bool tile_fused_avx2(const Shape& sh, const float* __restrict__ kp, const float*
     const float* prow = prior + di * sh.k;
     float* erow = e + di * sh.k * 8;
     for (int64_t dj = 0; dj < sh.k; ++dj) {
-      const __m256 l = logit_avx2<PHI>(q, _mm256_loadu_ps(krow + dj), _mm256_set1_ps(prow[dj]));
+      const int64_t col = UNIT ? dj : sh.colof[dj];
+      const __m256 l = logit_avx2<PHI>(q, _mm256_loadu_ps(krow + col), _mm256_set1_ps(prow[dj]));
       __m256 v = exp2_avx2(_mm256_fmadd_ps(l, l2e, shift));
       if constexpr (BORDER) v = _mm256_and_ps(v, _mm256_loadu_ps(valid + dj * 8));
       if constexpr (KEEP) _mm256_storeu_ps(erow + dj * 8, v);
       sum = _mm256_add_ps(sum, v);
 #pragma GCC unroll 8
-      for (int cc = 0; cc < CB; ++cc) acc[cc] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xrow + cc * plane + dj), acc[cc]);
+      for (int cc = 0; cc < CB; ++cc) acc[cc] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xrow + cc * plane + col), acc[cc]);
     }
   }
   if (_mm256_movemask_ps(_mm256_cmp_ps(sum, _mm256_set1_ps(sum_limit<float>()), _CMP_NLT_UQ)) != 0) return false;
@@ -499,7 +520,7 @@ bool tile_fused_avx2(const Shape& sh, const float* __restrict__ kp, const float*
 
 // The fused sweep for the first CB channels of a group (CB = 8, 4, 2 or 1, at most mc),
 // the other channels from the kept e; false when the tile must be redone.
-template <int PHI>
+template <int PHI, bool UNIT>
 bool forward_tile_avx2(const Shape& sh, const float* kp, const float* xp, int64_t plane, int64_t prow0,
                        const float* prior, int64_t j0, const float* qv, const ColumnMasks<float, 8>& masks, int64_t t,
                        Rows rows, float* e, float* inv, float* yrow, int64_t mc) {
@@ -511,10 +532,10 @@ bool forward_tile_avx2(const Shape& sh, const float* kp, const float* xp, int64_
   const int cb = mc >= 8 ? 8 : mc >= 4 ? 4 : mc >= 2 ? 2 : 1;
   bool ok;
 #define LRPROF_FUSED(CB, KEEP)                                                                              \
-  ok = border ? tile_fused_avx2<PHI, true, CB, KEEP>(sh, kp, xp, plane, prow0, prior, j0, qv, valid, lane, rows, e, \
-                                                     inv, out)                                                      \
-              : tile_fused_avx2<PHI, false, CB, KEEP>(sh, kp, xp, plane, prow0, prior, j0, qv, valid, lane, rows, e, \
-                                                      inv, out)
+  ok = border ? tile_fused_avx2<PHI, true, CB, KEEP, UNIT>(sh, kp, xp, plane, prow0, prior, j0, qv, valid, lane,   \
+                                                           rows, e, inv, out)                                        \
+              : tile_fused_avx2<PHI, false, CB, KEEP, UNIT>(sh, kp, xp, plane, prow0, prior, j0, qv, valid, lane,  \
+                                                            rows, e, inv, out)
   if (cb == mc) {  // the whole group in registers: e is not kept
     switch (cb) {
       case 8: LRPROF_FUSED(8, false); break;
@@ -532,14 +553,14 @@ bool forward_tile_avx2(const Shape& sh, const float* kp, const float* xp, int64_
 #undef LRPROF_FUSED
   if (!ok) return false;
   int64_t c = cb;
-  for (; c + 8 <= mc; c += 8) aggregate_block<float, PHI, 8, true, 8>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
-  for (; c + 4 <= mc; c += 4) aggregate_block<float, PHI, 8, true, 4>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
-  for (; c < mc; ++c) aggregate_block<float, PHI, 8, true, 1>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
+  for (; c + 8 <= mc; c += 8) aggregate_block<float, PHI, 8, 8>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
+  for (; c + 4 <= mc; c += 4) aggregate_block<float, PHI, 8, 4>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
+  for (; c < mc; ++c) aggregate_block<float, PHI, 8, 1>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
   return true;
 }
 #endif
 
-template <typename T, int PHI, int TILE, bool S1>
+template <typename T, int PHI, int TILE>
 void forward_impl(const Shape& sh, const T* x, const T* query, const T* key, const T* prior, T* y) {
   // Tasks: (batch, group, block of output rows); rows are split only when there are too
   // few (batch, group) pairs to keep every thread busy.
@@ -586,25 +607,27 @@ void forward_impl(const Shape& sh, const T* x, const T* query, const T* key, con
           const int64_t j0 = t * TILE;
           load_lanes<T, TILE>(qrow, qv, j0, sh.Wo);
 #ifdef LRPROF_AVX2
-          if constexpr (std::is_same_v<T, float> && TILE == 8 && S1) {
-            if (forward_tile_avx2<PHI>(sh, kp, xp, plane, prow0, prior + g * sh.K2, j0, qv, masks, t, rows, e, inv,
-                                       yrow, mc)) {
-              continue;
-            }
+          if constexpr (std::is_same_v<T, float> && TILE == 8) {
+            const bool done =
+                sh.s == 1 ? forward_tile_avx2<PHI, true>(sh, kp, xp, plane, prow0, prior + g * sh.K2, j0, qv, masks, t,
+                                                         rows, e, inv, yrow, mc)
+                          : forward_tile_avx2<PHI, false>(sh, kp, xp, plane, prow0, prior + g * sh.K2, j0, qv, masks, t,
+                                                          rows, e, inv, yrow, mc);
+            if (done) continue;
           }
 #endif
-          tile_exps_any<T, PHI, TILE, S1>(sh, kp, prow0, prior + g * sh.K2, j0, qv, masks, t, rows, e, inv);
+          tile_exps_any<T, PHI, TILE>(sh, kp, prow0, prior + g * sh.K2, j0, qv, masks, t, rows, e, inv);
           int64_t c = 0;
-          for (; c + 8 <= mc; c += 8) aggregate_block<T, PHI, TILE, S1, 8>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
-          for (; c + 4 <= mc; c += 4) aggregate_block<T, PHI, TILE, S1, 4>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
-          for (; c < mc; ++c) aggregate_block<T, PHI, TILE, S1, 1>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
+          for (; c + 8 <= mc; c += 8) aggregate_block<T, PHI, TILE, 8>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
+          for (; c + 4 <= mc; c += 4) aggregate_block<T, PHI, TILE, 4>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
+          for (; c < mc; ++c) aggregate_block<T, PHI, TILE, 1>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
         }
       }
     }
   });
 }
 
-template <typename T, int PHI, int TILE, bool S1>
+template <typename T, int PHI, int TILE>
 void backward_impl(const Shape& sh, const T* dy, const T* x, const T* query, const T* key, const T* prior,
                    T* dx, T* dquery, T* dkey, T* dprior_parts) {
   // Tasks: (batch, group) with whole planes, so that the scatter of grad_x and grad_key
@@ -615,7 +638,6 @@ void backward_impl(const Shape& sh, const T* dy, const T* x, const T* query, con
   const int64_t per_thread = (2 * sh.m + 2) * plane + 2 * sh.K2 * TILE + (sh.m + 4) * TILE;
   at::Tensor scratch = at::empty({threads, per_thread}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   T* scratch0 = scratch.data_ptr<T>();
-  const int64_t s = S1 ? 1 : sh.s;
   const ColumnMasks<T, TILE> masks(sh);
 
   at::parallel_for(0, sh.B * sh.G, 1, [&](int64_t begin, int64_t end) {
@@ -651,7 +673,7 @@ void backward_impl(const Shape& sh, const T* dy, const T* x, const T* query, con
         for (int64_t t = 0; t < sh.tiles; ++t) {
           const int64_t j0 = t * TILE;
           load_lanes<T, TILE>(qrow, qv, j0, sh.Wo);
-          tile_exps_any<T, PHI, TILE, S1>(sh, kp, prow0, prior + g * sh.K2, j0, qv, masks, t, rows, w, inv);
+          tile_exps_any<T, PHI, TILE>(sh, kp, prow0, prior + g * sh.K2, j0, qv, masks, t, rows, w, inv);
           for (int64_t di = rows.lo; di < rows.hi; ++di) {  // the softmax weights themselves
             T* wrow = w + di * sh.k * TILE;
             for (int64_t o = 0; o < sh.k * TILE; o += TILE) {
@@ -668,20 +690,20 @@ void backward_impl(const Shape& sh, const T* dy, const T* x, const T* query, con
           }
           // grad of the weights (dw = sum_c dy x) and grad_x (+= w dy), window by window
           for (int64_t di = rows.lo; di < rows.hi; ++di) {
-            const int64_t off = (prow0 + di) * sh.Wp + j0 * s;
+            const int64_t off = (prow0 + di) * sh.Wp + j0;
             for (int64_t dj = 0; dj < sh.k; ++dj) {
               const int64_t o = di * sh.k + dj;
               const T* __restrict__ wv = w + o * TILE;
               T* __restrict__ dwv = dw + o * TILE;
               for (int jj = 0; jj < TILE; ++jj) dwv[jj] = T(0);
               for (int64_t c = 0; c < mc; ++c) {
-                const T* __restrict__ xr = xp + c * plane + off + dj;
-                T* __restrict__ dxr = dxp + c * plane + off + dj;
+                const T* __restrict__ xr = xp + c * plane + off + sh.colof[dj];
+                T* __restrict__ dxr = dxp + c * plane + off + sh.colof[dj];
                 const T* __restrict__ dyc = dyv + c * TILE;
 #pragma omp simd
                 for (int jj = 0; jj < TILE; ++jj) {
-                  dwv[jj] += dyc[jj] * xr[jj * s];
-                  dxr[jj * s] += wv[jj] * dyc[jj];
+                  dwv[jj] += dyc[jj] * xr[jj];
+                  dxr[jj] += wv[jj] * dyc[jj];
                 }
               }
 #pragma omp simd
@@ -690,19 +712,19 @@ void backward_impl(const Shape& sh, const T* dy, const T* x, const T* query, con
           }
           // softmax backward, then the composability's gradients to query and key
           for (int64_t di = rows.lo; di < rows.hi; ++di) {
-            const int64_t off = (prow0 + di) * sh.Wp + j0 * s;
+            const int64_t off = (prow0 + di) * sh.Wp + j0;
             for (int64_t dj = 0; dj < sh.k; ++dj) {
               const int64_t o = di * sh.k + dj;
               const T* __restrict__ wv = w + o * TILE;
               const T* __restrict__ dwv = dw + o * TILE;
-              const T* __restrict__ kr = kp + off + dj;
-              T* __restrict__ dkr = dkp + off + dj;
+              const T* __restrict__ kr = kp + off + sh.colof[dj];
+              T* __restrict__ dkr = dkp + off + sh.colof[dj];
               T total = T(0);
 #pragma omp simd reduction(+ : total)
               for (int jj = 0; jj < TILE; ++jj) {
                 const T dl = wv[jj] * (dwv[jj] - dsum[jj]);
                 total += dl;
-                const T kv = kr[jj * s];
+                const T kv = kr[jj];
                 const T q = qv[jj];
                 T gq, gk;
                 if constexpr (PHI == SQDIFF) {
@@ -718,7 +740,7 @@ void backward_impl(const Shape& sh, const T* dy, const T* x, const T* query, con
                   gk = q * dl;
                 }
                 dqv[jj] += gq;
-                dkr[jj * s] += gk;
+                dkr[jj] += gk;
               }
               dprior[o] += total;
             }
@@ -755,20 +777,12 @@ void check_inputs(const at::Tensor& x, const at::Tensor& query, const at::Tensor
   TORCH_CHECK(prior.size(0) == G && prior.size(1) == k * k, "prior must be (ceil(C/m), k*k)");
 }
 
-template <typename T, int TILE, typename F>
-void with_phi_stride(int phi, int64_t s, F&& f) {
-  auto by_stride = [&](auto phi_tag) {
-    constexpr int P = decltype(phi_tag)::value;
-    if (s == 1) {
-      f(std::integral_constant<int, P>{}, std::true_type{});
-    } else {
-      f(std::integral_constant<int, P>{}, std::false_type{});
-    }
-  };
+template <typename F>
+void with_phi(int phi, F&& f) {
   switch (phi) {
-    case SQDIFF: by_stride(std::integral_constant<int, SQDIFF>{}); break;
-    case ABSDIFF: by_stride(std::integral_constant<int, ABSDIFF>{}); break;
-    default: by_stride(std::integral_constant<int, MUL>{}); break;
+    case SQDIFF: f(std::integral_constant<int, SQDIFF>{}); break;
+    case ABSDIFF: f(std::integral_constant<int, ABSDIFF>{}); break;
+    default: f(std::integral_constant<int, MUL>{}); break;
   }
 }
 
@@ -787,8 +801,8 @@ at::Tensor relation(const at::Tensor& x_, const at::Tensor& query_, const at::Te
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrprof_fused::relation", [&] {
     constexpr int TILE = tile_of<scalar_t>();
     const Shape sh = make_shape<TILE>(x, query, k, m, stride);
-    with_phi_stride<scalar_t, TILE>(code, stride, [&](auto phi_c, auto s1) {
-      forward_impl<scalar_t, decltype(phi_c)::value, TILE, decltype(s1)::value>(
+    with_phi(code, [&](auto phi_c) {
+      forward_impl<scalar_t, decltype(phi_c)::value, TILE>(
           sh, x.data_ptr<scalar_t>(), query.data_ptr<scalar_t>(), key.data_ptr<scalar_t>(),
           prior.data_ptr<scalar_t>(), y.data_ptr<scalar_t>());
     });
@@ -811,8 +825,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> relation_backward(
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrprof_fused::relation_backward", [&] {
     constexpr int TILE = tile_of<scalar_t>();
     const Shape sh = make_shape<TILE>(x, query, k, m, stride);
-    with_phi_stride<scalar_t, TILE>(code, stride, [&](auto phi_c, auto s1) {
-      backward_impl<scalar_t, decltype(phi_c)::value, TILE, decltype(s1)::value>(
+    with_phi(code, [&](auto phi_c) {
+      backward_impl<scalar_t, decltype(phi_c)::value, TILE>(
           sh, grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), query.data_ptr<scalar_t>(),
           key.data_ptr<scalar_t>(), prior.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
           dquery.data_ptr<scalar_t>(), dkey.data_ptr<scalar_t>(), parts.data_ptr<scalar_t>());
