@@ -337,3 +337,34 @@ def test_net_impl_reaches_every_local_relation_layer_and_keeps_the_paper_identit
     counted = counting.count(net.eval(), x)
     assert counted.complete
     assert counted.macs == sum(c.macs for c in net_costs(NetSpec("lr26", height=32, width=32)))
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def test_layer_report_puts_implementations_side_by_side_with_their_roofline(tmp_path) -> None:
+    """`lrprof layer --impl unfold,shift,fused`: every row checked and counted, the roofline
+    columns filled from ceilings recorded in the report's environment; --no-roofline drops them."""
+    from test_cli_layer import layer_args, read_reports, run_in_process
+
+    out = tmp_path / "out"
+    run = read_reports(run_in_process(layer_args(out, impl="unfold,shift,fused", size="10")), out)
+    assert run.rc == 0, run.out + run.err
+    rows = {r["impl"]: r for r in run.rows}
+    assert set(rows) == {"unfold", "shift", "fused", "torch"}
+    for impl, row in rows.items():
+        assert row["verdict"] == "ok", (impl, row["verdict"])
+        assert row["bound"] in ("memory", "compute")
+        assert float(row["achieved_GBps"]) > 0 and float(row["roofline_fraction"]) > 0
+        assert int(row["minimal_bytes"]) > 0
+    design = {impl: int(rows[impl]["design_bytes"]) for impl in ("unfold", "shift", "fused")}
+    assert design["unfold"] > design["shift"] > design["fused"]
+    assert "Roofline (forward)" in run.out
+    ceilings = run.json["environment"]["ceilings"]
+    assert ceilings and ceilings[0]["bandwidth_GBps"] > 0 and ceilings[0]["compute_GFLOPs"] > 0
+
+    out = tmp_path / "plain"
+    run = read_reports(run_in_process(layer_args(out, "--no-roofline", impl="fused", size="10")), out)
+    assert run.rc == 0
+    assert all(r.get("achieved_GBps", "") == "" for r in run.rows)
+    assert "Roofline (forward)" not in run.out

@@ -149,7 +149,7 @@ def roofline_rows(records: list[Record]) -> list[dict[str, Any]]:
     """Forward pass against the device's measured ceilings (lrprof.measure.roofline)."""
     rows = []
     for r in records:
-        if "design_bytes" not in r.derived:
+        if "bound" not in r.derived:  # not placed: --no-roofline, or no timing
             continue
         fraction = r.derived.get("roofline_fraction")
         fwd = r.memory.get("fwd")
