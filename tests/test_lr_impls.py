@@ -368,3 +368,18 @@ def test_layer_report_puts_implementations_side_by_side_with_their_roofline(tmp_
     assert run.rc == 0
     assert all(r.get("achieved_GBps", "") == "" for r in run.rows)
     assert "Roofline (forward)" not in run.out
+
+
+@pytest.mark.parametrize("args", [
+    ["net", "lr50", "--impl", "nope"],
+    ["net", "resnet50", "--impl", "fused"],
+    ["layer", "--impl", "fused", "--dtype", "float16"],
+])
+def test_impl_that_cannot_run_is_one_line_exit_2(args, monkeypatch) -> None:
+    from test_cli_layer import run_in_process
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    run = run_in_process(args)
+    assert run.rc == 2
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1 and "--impl" in lines[0]
