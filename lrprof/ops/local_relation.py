@@ -153,13 +153,8 @@ class LocalRelation2d(nn.Module):
         return get_relation(self.impl)
 
     def prior(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """(G, k^2) geometry prior of each window position, from the real offsets: the
-        geometry module's two 1x1 convs applied as the matrix products they are on k^2
-        points (same weights and MACs, a fraction of a conv call's overhead)."""
-        first, second = self.geometry[0], self.geometry[2]
-        points = self.offsets(dtype, device).view(2, -1).t()  # (k^2, 2)
-        hidden = F.relu(F.linear(points, first.weight.flatten(1), first.bias))  # (k^2, h)
-        return torch.addmm(second.bias.unsqueeze(1), second.weight.flatten(1), hidden.t())
+        """(G, k^2) geometry prior of each window position, from the real offsets."""
+        return self.geometry(self.offsets(dtype, device)).view(self.groups, self.kernel_size**2)
 
     def key_and_query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """key (B, G, H, W) and query (B, G, H', W'). At stride 1 both are one convolution
