@@ -18,6 +18,9 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -560,13 +563,27 @@ bool forward_tile_avx2(const Shape& sh, const float* kp, const float* xp, int64_
 }
 #endif
 
+// Tasks handed out one at a time to whichever thread is free (OpenMP's dynamic schedule):
+// on a machine shared with other processes, a thread that loses its core does not hold the
+// others back as it would with a static split. fn(task, thread); fn does not throw.
+template <typename F>
+void parallel_tasks(int64_t ntasks, int64_t threads, const F& fn) {
+#ifdef _OPENMP
+  const int team = static_cast<int>(std::max<int64_t>(1, std::min(threads, ntasks)));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team)
+  for (int64_t task = 0; task < ntasks; ++task) fn(task, omp_get_thread_num());
+#else
+  for (int64_t task = 0; task < ntasks; ++task) fn(task, 0);
+#endif
+}
+
 template <typename T, int PHI, int TILE>
 void forward_impl(const Shape& sh, const T* x, const T* query, const T* key, const T* prior, T* y) {
-  // Tasks: (batch, group, block of output rows); rows are split only when there are too
-  // few (batch, group) pairs to keep every thread busy.
+  // Tasks: (batch, group, block of output rows), rows split until there are about 8 tasks
+  // per thread (each block re-copies k - s halo rows: a few percent).
   const int64_t threads = at::get_num_threads();
   const int64_t pairs = sh.B * sh.G;
-  const int64_t blocks = std::min<int64_t>(sh.Ho, std::max<int64_t>(1, (4 * threads + pairs - 1) / pairs));
+  const int64_t blocks = std::min<int64_t>(sh.Ho, std::max<int64_t>(1, (8 * threads + pairs - 1) / pairs));
   const int64_t rows_per = (sh.Ho + blocks - 1) / blocks;
   const int64_t Hp = (rows_per - 1) * sh.s + sh.k;
   const int64_t plane = Hp * sh.Wp;
@@ -576,19 +593,19 @@ void forward_impl(const Shape& sh, const T* x, const T* query, const T* key, con
   T* scratch0 = scratch.data_ptr<T>();
   const ColumnMasks<T, TILE> masks(sh);
 
-  at::parallel_for(0, pairs * blocks, 1, [&](int64_t begin, int64_t end) {
-    T* base = scratch0 + at::get_thread_num() * per_thread;
+  parallel_tasks(pairs * blocks, threads, [&](int64_t task, int64_t thread) {
+    T* base = scratch0 + thread * per_thread;
     T* xp = base;
     T* kp = xp + sh.m * plane;
     T* e = kp + plane;
     T* qv = e + sh.K2 * TILE;
     T* inv = qv + TILE;
-    for (int64_t task = begin; task < end; ++task) {
+    {
       const int64_t b = task / (sh.G * blocks);
       const int64_t g = (task / blocks) % sh.G;
       const int64_t i0 = (task % blocks) * rows_per;
       const int64_t i1 = std::min(sh.Ho, i0 + rows_per);
-      if (i0 >= i1) continue;
+      if (i0 >= i1) return;
       const int64_t c0 = g * sh.m;
       const int64_t mc = std::min(sh.m, sh.C - c0);
       const int64_t row0 = i0 * sh.s - sh.r;
@@ -640,8 +657,8 @@ void backward_impl(const Shape& sh, const T* dy, const T* x, const T* query, con
   T* scratch0 = scratch.data_ptr<T>();
   const ColumnMasks<T, TILE> masks(sh);
 
-  at::parallel_for(0, sh.B * sh.G, 1, [&](int64_t begin, int64_t end) {
-    T* base = scratch0 + at::get_thread_num() * per_thread;
+  parallel_tasks(sh.B * sh.G, threads, [&](int64_t task, int64_t thread) {
+    T* base = scratch0 + thread * per_thread;
     T* xp = base;
     T* dxp = xp + sh.m * plane;
     T* kp = dxp + sh.m * plane;
@@ -653,7 +670,7 @@ void backward_impl(const Shape& sh, const T* dy, const T* x, const T* query, con
     T* dsum = dqv + TILE;
     T* qv = dsum + TILE;
     T* inv = qv + TILE;
-    for (int64_t task = begin; task < end; ++task) {
+    {
       const int64_t b = task / sh.G;
       const int64_t g = task % sh.G;
       const int64_t c0 = g * sh.m;
