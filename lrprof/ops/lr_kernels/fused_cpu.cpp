@@ -1,8 +1,9 @@
 // Fused local relation kernel for the CPU: appearance logits, the softmax over the k x k
 // window and the aggregation of each group's m channels in one pass per output row tile.
 // Nothing of size k^2 * H'W' (let alone C * k^2 * H'W') is ever written to memory: per
-// thread, a zero-padded copy of one group's m input planes and its key plane, and the
-// k^2 x TILE weights of the tile being computed (a few kilobytes, cache resident).
+// thread, a zero-padded copy of a block of rows of one group's m input planes and of its
+// key plane, and the k^2 x TILE numerators of the tile being computed (a few kilobytes,
+// cache resident). Tasks are (image, group, block of rows), handed out dynamically.
 //
 // Registered as dispatcher ops (lrprof_fused::relation, lrprof_fused::relation_backward)
 // so that lrprof's counter sees them by name; their fake (meta) implementations and the
@@ -185,10 +186,12 @@ void pad_plane(const T* src, const Shape& sh, int64_t row0, int64_t Hp, T* dst) 
       std::fill(d + sh.r + n, d + sh.Wp, T(0));
       continue;
     }
-    std::fill(d, d + sh.Wp, T(0));
-    for (int64_t x = 0; x < sh.W; ++x) {
-      const int64_t pc = x + sh.r;
-      if (pc / sh.s < sh.Wq) d[(pc % sh.s) * sh.Wq + pc / sh.s] = row[x];
+    for (int64_t phase = 0; phase < sh.s; ++phase) {  // padded column idx * s + phase
+      T* out = d + phase * sh.Wq;
+      for (int64_t idx = 0; idx < sh.Wq; ++idx) {
+        const int64_t x = idx * sh.s + phase - sh.r;
+        out[idx] = x >= 0 && x < sh.W ? row[x] : T(0);
+      }
     }
   }
 }
@@ -204,9 +207,18 @@ void unpad_plane(const T* src, const Shape& sh, int64_t Hp, T* dst) {
       continue;
     }
     const T* row = src + pr * sh.Wp;
-    for (int64_t x = 0; x < sh.W; ++x) {
-      const int64_t pc = x + sh.r;
-      d[x] = pc / sh.s < sh.Wq ? row[(pc % sh.s) * sh.Wq + pc / sh.s] : T(0);
+    if (sh.s == 1) {
+      const int64_t n = std::min(sh.W, sh.Wp - sh.r);
+      std::memcpy(d, row + sh.r, n * sizeof(T));
+      std::fill(d + n, d + sh.W, T(0));
+      continue;
+    }
+    for (int64_t phase = 0; phase < sh.s; ++phase) {  // image column idx * s + phase - r
+      const T* in = row + phase * sh.Wq;
+      for (int64_t idx = 0; idx < sh.Wq; ++idx) {
+        const int64_t x = idx * sh.s + phase - sh.r;
+        if (x >= 0 && x < sh.W) d[x] = in[idx];
+      }
     }
   }
 }

@@ -2,11 +2,13 @@
 built with torch's cpp_extension on first use and cached on disk (TORCH_EXTENSIONS_DIR, or
 torch's default extension directory), the build time reported once.
 
-One task per (image, group of m channels): a zero-padded copy of the group's m input
-planes and its key plane in a per-thread scratch, then per output row and tile of 16
-(float) or 8 (double) columns the logits of the k^2 window positions, their max, the
-exponentials and the aggregation of the m channels, all from cache; nothing of size
-k^2 * H'W' is written to memory. Positions outside the image get weight exactly 0.
+Tasks of (image, group of m channels, block of output rows), about 8 per thread, handed
+out dynamically: a zero-padded copy of the block's rows of the group's m input planes and
+of its key plane in a per-thread scratch, then per output row and tile of 8 (float) or 4
+(double) columns the logits of the k^2 window positions, their exponentials and the
+aggregation of the m channels, all from cache; nothing of size k^2 * H'W' is written to
+memory. Positions outside the image get weight exactly 0. See the .cpp for the details
+(the exponential, the one-sweep softmax and its exact fallback, the stride-s layout).
 
 The kernels are dispatcher ops, `lrprof_fused::relation` and
 `lrprof_fused::relation_backward`, with fake implementations and an autograd formula
