@@ -505,7 +505,8 @@ bool tile_fused_avx2(const Shape& sh, const float* __restrict__ kp, const float*
     const float* xrow = xbase + di * sh.Wp;
     const float* prow = prior + di * sh.k;
     float* erow = e + di * sh.k * 8;
-    for (int64_t dj = 0; dj < sh.k; ++dj) {
+    // one window position (a lambda: gcc schedules it better than the same body inline)
+    auto position = [&](int64_t dj) {
       const int64_t col = UNIT ? dj : sh.colof[dj];
       const __m256 l = logit_avx2<PHI>(q, _mm256_loadu_ps(krow + col), _mm256_set1_ps(prow[dj]));
       __m256 v = exp2_avx2(_mm256_fmadd_ps(l, l2e, shift));
@@ -514,7 +515,8 @@ bool tile_fused_avx2(const Shape& sh, const float* __restrict__ kp, const float*
       sum = _mm256_add_ps(sum, v);
 #pragma GCC unroll 8
       for (int cc = 0; cc < CB; ++cc) acc[cc] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xrow + cc * plane + col), acc[cc]);
-    }
+    };
+    for (int64_t dj = 0; dj < sh.k; ++dj) position(dj);
   }
   if (_mm256_movemask_ps(_mm256_cmp_ps(sum, _mm256_set1_ps(sum_limit<float>()), _CMP_NLT_UQ)) != 0) return false;
   const __m256 scale = _mm256_div_ps(_mm256_loadu_ps(lane), sum);
