@@ -383,3 +383,47 @@ def test_impl_that_cannot_run_is_one_line_exit_2(args, monkeypatch) -> None:
     assert run.rc == 2
     lines = run.err.strip().splitlines()
     assert len(lines) == 1 and "--impl" in lines[0]
+
+
+# --------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_triton_on_cuda_matches_reference(dtype: str, monkeypatch) -> None:
+    """The compiled Triton kernels on a GPU, against the naive reference computed in float64
+    from the same (rounded) weights and input; the 1x1 convs without TF32."""
+    from lrprof.measure.accuracy import TOLERANCE
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch_dtype = getattr(torch, dtype)
+    tol = TOL64 if dtype == "float64" else TOL32 if dtype == "float32" else TOLERANCE[dtype]
+    for index, case in enumerate(CASES + [WIDE, WIDE_S2]):
+        layer, x = layer_and_input(case, "triton", seed=1100 + index)
+        layer, x = layer.to("cuda", torch_dtype), x.to("cuda", torch_dtype)
+        out = forward(layer, x).cpu()
+        expected = ref_of(layer.cpu().double(), x.cpu().double())
+        assert rel_err(out, expected) < tol, (dtype, case_id(case))
+
+
+@pytest.mark.cuda
+def test_triton_on_cuda_gradients_match_unfold() -> None:
+    for index, case in enumerate(CASES + [WIDE, WIDE_S2]):
+        layer, x = layer_and_input(case, "triton", seed=1200 + index)
+        layer, x = layer.cuda(), x.cuda()
+        grad = torch.randn(forward(layer, x).shape, device="cuda", dtype=torch.float64)
+        got = gradients(layer, x, grad)
+        layer.impl = "unfold"
+        assert grads_error(got, gradients(layer, x, grad)) < 1e-10, case_id(case)
+
+
+@pytest.mark.cuda
+def test_on_cuda_fused_is_unavailable_and_triton_is_counted() -> None:
+    assert "cpu" in get_op("lr").impl("fused").unavailable_reason(torch.device("cuda"), "float32")
+    layer, x = layer_and_input(CASES[0], "triton", seed=1300)
+    counted = counting.count(layer.cuda().float(), x.cuda().float(), backward=True)
+    assert counted.complete, counting.missing_text(counted)
+    exact = cost_of(10, 7, 6, 5, 4, 2, batch=2)
+    assert counted.macs > exact.macs  # the max sweep computes the logits twice
+    assert {"lrprof_triton::relation", "lrprof_triton::relation_backward"} <= {r.op for r in counted.by_op}
