@@ -19,7 +19,7 @@ from torch import nn
 
 from lrprof.checks import count_checks, settle
 from lrprof.errors import SpecError, require_int
-from lrprof.measure import counting
+from lrprof.measure import counting, roofline
 from lrprof.measure.accuracy import METHOD as OUTPUT_METHOD
 from lrprof.measure.accuracy import compare_with_reference
 from lrprof.measure.instructions import count_rows
@@ -46,6 +46,7 @@ class MeasureOptions:
     seed: int = 0
     repeat: int = 1  # > 1: time the rows in this many fresh processes and pool (lrprof.replicate)
     instructions: bool = False  # also count instructions per call under callgrind (CPU rows)
+    roofline: bool = True  # measure the device's ceilings (once per process) and place each row
 
     def __post_init__(self) -> None:
         require_int("memory-runs", self.memory_runs, 1)
@@ -164,6 +165,8 @@ def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None
         progress.advance(True, work=plan["memory"])
     for row in rows.values():
         _derive(row)
+        if options.roofline:
+            run_step(row.record, "roofline", lambda row=row: _roofline(row), row.device)
     update()
     if options.instructions:
         progress.start("counting instructions under callgrind")
@@ -212,8 +215,14 @@ def _prepare(row: _Row, options: MeasureOptions) -> None:
         "paper_formula": cost.paper_formula,
         "activation_bytes": cost.activation_bytes,
         "implementation_bytes": cost.implementation_bytes,
+        "minimal_bytes": cost.minimal_bytes,
+        "design_bytes": cost.design_bytes,
     })
     record.derived["analytic_activation_bytes"] = sum(cost.activation_bytes.values())
+    if cost.minimal_bytes:
+        record.derived["minimal_bytes"] = sum(cost.minimal_bytes.values())
+    if cost.design_bytes:
+        record.derived["design_bytes"] = sum(cost.design_bytes.values())
 
     def build() -> None:
         row.module, row.inputs = build_row(spec, options.seed, device)
@@ -221,6 +230,10 @@ def _prepare(row: _Row, options: MeasureOptions) -> None:
     if not run_step(record, "building", build, device):
         return
     module, inputs = row.module, row.inputs
+    prepare = getattr(module, "prepare", None)
+    if callable(prepare) and not run_step(record, "preparing (compile, build)",
+                                          lambda: _setup(record, prepare, inputs, options), device):
+        return
     record.exact["params"] = sum(p.numel() for p in module.parameters())
     run_step(record, "counting", lambda: _count(record, module, inputs, cost, options), device)
     if options.check_output:
@@ -228,6 +241,27 @@ def _prepare(row: _Row, options: MeasureOptions) -> None:
     settle(record.checks)
     run_step(record, "preparing timing",
              lambda: row.phases.update(phase_calls(module, inputs, options.backward)), device)
+
+
+def _setup(record: Record, prepare: Any, inputs: tuple, options: MeasureOptions) -> None:
+    """An implementation's one-time work (torch.compile, a C++ build), timed on its own:
+    never inside a latency."""
+    done = prepare(inputs, options.backward) or {}
+    if "setup_s" in done:
+        record.derived["setup_s"] = done["setup_s"]
+        record.detail["setup"] = done.get("setup", "")
+
+
+def _roofline(row: _Row) -> None:
+    record, fwd = row.record, row.record.latency.get("fwd")
+    if fwd is None or "design_bytes" not in record.derived:
+        return
+    ceiling = roofline.ceilings(row.device, row.spec.dtype)
+    macs = record.exact.get("fwd_MACs")
+    figures = roofline.roofline(2 * macs if macs is not None else None, record.derived["design_bytes"],
+                                record.derived.get("minimal_bytes"), fwd.median_ms / 1e3, ceiling)
+    record.derived.update(figures)
+    record.detail["ceilings"] = ceiling.to_dict()
 
 
 def _count(record: Record, module: nn.Module, inputs: tuple, cost: CostModel,

@@ -22,7 +22,7 @@ from lrprof.measure import counting
 from lrprof.measure.parts import METHOD as HOOK_METHOD
 from lrprof.measure.parts import Parts, time_parts_interleaved
 from lrprof.measure.timing import Stats, TimingOptions
-from lrprof.nets import STAGES, create_net, display_name, get_net, resolve_options
+from lrprof.nets import RUNTIME_OPTIONS, STAGES, create_net, display_name, get_net, resolve_options
 from lrprof.nets.cost import LayerCost, exact_by_layer
 from lrprof.nets.paper import PAPER_INPUT, paper_checks
 from lrprof.progress import NoProgress
@@ -55,8 +55,12 @@ class NetSpec:
 
     @property
     def is_default_net(self) -> bool:
-        """The network the papers' tables describe (overrides equal to the defaults count)."""
-        return resolve_options(self.name, **self.overrides) == get_net(self.name).options
+        """The network the papers' tables describe (overrides equal to the defaults count,
+        and so do runtime options such as the implementation of its layers)."""
+        def model(options: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in options.items() if k not in RUNTIME_OPTIONS}
+
+        return model(resolve_options(self.name, **self.overrides)) == model(get_net(self.name).options)
 
     def config(self) -> dict[str, Any]:
         device = default_device() if self.device == "auto" else self.device

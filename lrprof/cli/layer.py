@@ -51,6 +51,8 @@ FLAGS: list[tuple[str, str, bool, str]] = [
     ("check_output", "--check-output/--no-check-output", True,
      "check each output against the operator's float64 reference"),
     ("plots", "--plots/--no-plots", True, "draw PNG plots beside the markdown (several rows)"),
+    ("roofline", "--roofline/--no-roofline", True,
+     "measure the device's copy and matmul ceilings (once per run) and place each row"),
     ("quiet", "--quiet", False, "print only the paths written"),
 ]
 
@@ -138,7 +140,8 @@ def layer(**options: Any) -> None:
     out = out_dir(common["out"])
     measure = MeasureOptions(backward=flags["backward"], timing=timing, stock_counters=flags["stock"],
                              check_output=flags["check_output"], baseline=common["baseline"] != "none",
-                             repeat=common["repeat"], instructions=flags["instructions"])
+                             repeat=common["repeat"], instructions=flags["instructions"],
+                             roofline=flags["roofline"])
     environment = collect(device)  # before measuring: a failure here loses nothing
     paths = report_paths("layer", out)
     progress: list = []  # the records as far as measured, for a partial report

@@ -19,6 +19,9 @@ def net(
     vs: Annotated[str | None, typer.Option(help="profile this network too, same run, interleaved")] = None,
     k: Annotated[int | None, typer.Option(help="LR-Net: window size of the bottleneck layers")] = None,
     m: Annotated[int | None, typer.Option(help="LR-Net: channels per aggregation group")] = None,
+    impl: Annotated[str | None, typer.Option(
+        help="LR-Net: implementation of its local relation layers (lrprof ops lists them); "
+             "also applied to --vs when that network has local relation layers")] = None,
     batch: Annotated[int, typer.Option(help="batch size B")] = 1,
     size: Annotated[str, typer.Option(help="input size N or HxW")] = "224",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N (default: cuda if present)")] = "auto",
@@ -65,11 +68,14 @@ def net(
     set_threads(threads)
     height, width = parse_size(size)
     resolved = resolve_device(device)
-    overrides = tuple((key, v) for key, v in (("k", k), ("m", m)) if v is not None)
+    if impl is not None:
+        _check_impl(impl, resolved, dtype)
+    overrides = tuple((key, v) for key, v in (("k", k), ("m", m), ("impl", impl)) if v is not None)
     specs = [NetSpec(name, batch, height, width, dtype, str(resolved), overrides)]
     specs[0].validate()
     if vs is not None:
-        specs.append(NetSpec(vs, batch, height, width, dtype, str(resolved)))
+        vs_options = (("impl", impl),) if impl is not None and "impl" in _net_options(vs) else ()
+        specs.append(NetSpec(vs, batch, height, width, dtype, str(resolved), vs_options))
         try:
             specs[1].validate()
         except SpecError as exc:  # name the option, not the positional NAME
@@ -108,3 +114,24 @@ def partial_info(why: str | None, profiles: list, planned: list[str]) -> dict:
     measured = [p.net.name for p in profiles if p.net.latency or p.net.error]
     return {"interrupted_by": why, "rows_total": len(planned), "rows_kept": len(measured),
             "not_measured": [name for name in planned if name not in measured]}
+
+
+def _net_options(name: str) -> dict:
+    from lrprof.nets import get_net
+
+    try:
+        return get_net(name).options
+    except SpecError:
+        return {}  # an unknown name: validate() below says so, naming --vs
+
+
+def _check_impl(impl: str, device, dtype: str) -> None:
+    """The local relation implementation exists and runs on this device and dtype."""
+    from lrprof.layer import available_impls
+    from lrprof.ops import get_op
+
+    op = get_op("lr")
+    reason = op.impl(impl).unavailable_reason(device, dtype)
+    if reason is not None:
+        ok, _ = available_impls(op, device, dtype)
+        raise SpecError("impl", f"{impl} cannot run here ({reason}); available: {', '.join(ok)}", impl)

@@ -31,6 +31,7 @@ class Environment:
     torch_threads: int
     cuda: dict[str, Any] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)
+    ceilings: list[dict[str, Any]] = field(default_factory=list)  # lrprof.measure.roofline, when measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,6 +41,7 @@ class Environment:
         known = {k: data.get(k) for k in cls.__dataclass_fields__}
         known["cuda"] = known.get("cuda") or {}
         known["unreadable"] = known.get("unreadable") or {}
+        known["ceilings"] = known.get("ceilings") or []
         return cls(**known)
 
     def summary(self) -> str:

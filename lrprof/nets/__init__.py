@@ -16,6 +16,9 @@ from lrprof.errors import SpecError
 from lrprof.registry import Registry
 
 STAGES = ("stem", "res2", "res3", "res4", "res5", "head")
+# Builder options that choose how layers compute, not what: a network that differs from
+# the paper's only in these is still the paper's network.
+RUNTIME_OPTIONS = frozenset({"impl"})
 
 
 @dataclass(frozen=True)

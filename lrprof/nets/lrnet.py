@@ -25,12 +25,12 @@ STEM_K, STEM_M = 7, 1
 MAX_K = 31  # a sanity bound: the paper stops at 9; 31 spans most of res3 at 224x224
 
 
-def lr_stem(channels: int = 64) -> nn.Sequential:
+def lr_stem(channels: int = 64, impl: str = "unfold") -> nn.Sequential:
     return nn.Sequential(
         conv1x1(3, channels),
         nn.BatchNorm2d(channels),
         nn.ReLU(inplace=True),
-        LocalRelation2d(channels, STEM_K, STEM_M, stride=2),
+        LocalRelation2d(channels, STEM_K, STEM_M, stride=2, impl=impl),
         nn.BatchNorm2d(channels),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(3, stride=2, padding=1),
@@ -44,6 +44,7 @@ def lrnet(
     stem: str = "lr",
     widths: Sequence[int] = LR_WIDTHS,
     num_classes: int = 1000,
+    impl: str = "unfold",
 ) -> StagedNet:
     from lrprof.errors import SpecError
 
@@ -55,13 +56,14 @@ def lrnet(
         raise SpecError("stem", "lr or conv", stem)
 
     def spatial(width: int, stride: int) -> LocalRelation2d:
-        return LocalRelation2d(width, k, m, stride=stride)
+        return LocalRelation2d(width, k, m, stride=stride, impl=impl)
 
-    stem_module = lr_stem() if stem == "lr" else conv_stem()
+    stem_module = lr_stem(impl=impl) if stem == "lr" else conv_stem()
     return bottleneck_net(stem_module, 64, DEPTHS[depth], widths, spatial, num_classes)
 
 
-_OPTIONS = {"k": 7, "m": 8, "stem": "lr", "widths": LR_WIDTHS, "num_classes": 1000}
+# impl: the implementation of every local relation layer (how they compute, not what)
+_OPTIONS = {"k": 7, "m": 8, "stem": "lr", "widths": LR_WIDTHS, "num_classes": 1000, "impl": "unfold"}
 # The choices the LR-Net paper leaves open, each counted against its printed table.
 CHOICES = (
     ("G = ceil(C/m), LR stem (lrprof's choice)", {}),

@@ -57,12 +57,19 @@ def cost(spec: LayerSpec) -> CostModel:
     out_hw = output_size(spec.height, s) * output_size(spec.width, s)
     macs = b * out * out_hw * (c // g) * k * k
     e = spec.torch_dtype.itemsize
+    params = out * (c // g) * k * k + (out if p["bias"] else 0)
+    # Each tensor once: what any convolution must move, and what an im2col-free kernel
+    # (oneDNN's direct or Winograd path, cuDNN's implicit GEMM) is designed to move.
+    once = {"input (read once)": b * c * spec.height * spec.width * e, "weights (read once)": params * e,
+            "output (written once)": b * out * out_hw * e}
     return CostModel(
         terms=(Term("convolution", macs, FORMULA),),
-        params=out * (c // g) * k * k + (out if p["bias"] else 0),
+        params=params,
         paper_macs=macs,
         paper_formula=FORMULA + " (standard)",
         activation_bytes={"input": b * c * spec.height * spec.width * e, "output": b * out * out_hw * e},
+        minimal_bytes=once,
+        design_bytes=once,
     )
 
 

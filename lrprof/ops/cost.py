@@ -24,7 +24,10 @@ class CostModel:
     counted / published the operator's authors' model is expected to stay in (None: the
     published formula is exact). `activation_bytes` names the
     tensors a reference kernel of the operator holds (the official one where there is one),
-    and `implementation_bytes` the largest buffer of lrprof's own implementation.
+    and `implementation_bytes` the largest buffers of the implementation costed.
+    `minimal_bytes` is what any implementation must read and write (each input once, the
+    output once) and `design_bytes` what the implementation costed moves by its design;
+    both are empty where an operator does not declare them.
     """
 
     terms: tuple[Term, ...]
@@ -35,6 +38,8 @@ class CostModel:
     paper_band: tuple[float, float] | None = None
     activation_bytes: dict[str, int] = field(default_factory=dict)
     implementation_bytes: dict[str, int] = field(default_factory=dict)
+    minimal_bytes: dict[str, int] = field(default_factory=dict)
+    design_bytes: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
     @property

@@ -16,13 +16,14 @@ Rule when m does not divide C: G = ceil(C / m) groups of m channels each, the la
 group holding the remaining C - (G - 1) * m channels (LR-Net-50's width 100 with
 m = 8 gives 12 groups of 8 and one of 4). This rule reproduces the LR-Net tables.
 
-The implementation unfolds x into its k^2 windows (C * k^2 * H'W' elements): it is the
-readable reference, not the fast one.
+Steps 3-6 (logits, softmax, aggregation) are the relation step, and the layer's
+implementations differ only there (`lrprof.ops.lr_kernels`): `unfold` (the readable
+reference, which unfolds x into its k^2 windows, C * k^2 * H'W' elements), `shift`,
+`compiled`, `fused` (C++/OpenMP) and `triton`. All share the parameters above, so any
+one's weights load into any other.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from torch import nn
 
 from lrprof.errors import SpecError, require_int
 from lrprof.ops.cost import CostModel, Term
+from lrprof.ops.lr_kernels import Relation, Sizes, get_relation, relations
 from lrprof.schema import Context, Param, Schema
 from lrprof.spec import LayerSpec
 
@@ -86,9 +88,12 @@ class LocalRelation2d(nn.Module):
         stride: int = 1,
         phi: str = "sqdiff",
         geometry_hidden: int | None = None,
+        impl: str = "unfold",
     ) -> None:
         super().__init__()
         check_hyperparameters(channels, kernel_size, m, stride, phi, geometry_hidden)
+        get_relation(impl)  # an unknown name fails here, not at the first call
+        self.impl = impl
         self.channels = channels
         self.kernel_size = kernel_size
         self.m = m
@@ -110,7 +115,8 @@ class LocalRelation2d(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.channels}, k={self.kernel_size}, m={self.m}, stride={self.stride}, "
-            f"phi={self.phi}, groups={self.groups}, geometry_hidden={self.geometry_hidden}"
+            f"phi={self.phi}, groups={self.groups}, geometry_hidden={self.geometry_hidden}, "
+            f"impl={self.impl}"
         )
 
     def outside_mask(self, height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -140,42 +146,40 @@ class LocalRelation2d(nn.Module):
             return -(query - keys).abs()
         return query * keys
 
+    @property
+    def relation(self) -> Relation:
+        """The implementation of the relation step (looked up by name: a copy of the layer
+        shares it, and switching `impl` switches it)."""
+        return get_relation(self.impl)
+
+    def prior(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(G, k^2) geometry prior of each window position, from the real offsets."""
+        return self.geometry(self.offsets(dtype, device)).view(self.groups, self.kernel_size**2)
+
+    def key_and_query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """key (B, G, H, W) and query (B, G, H', W'). At stride 1 both are one convolution
+        with the two weights stacked: x is read once, the MACs are the same."""
+        if self.stride != 1:
+            return self.key(x), self.query(x)
+        both = F.conv2d(x, torch.cat([self.key.weight, self.query.weight]))
+        return both[:, :self.groups], both[:, self.groups:]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, height, width = x.shape
-        k, s, g = self.kernel_size, self.stride, self.groups
-        pad = k // 2
-        query = self.query(x)  # (B, G, H', W')
-        out_h, out_w = query.shape[-2:]
-        # -1 rather than out_h * out_w: under tracing that product is an op of its own
-        keys = F.unfold(self.key(x), k, padding=pad, stride=s).view(b, g, k * k, -1)
-        logits = self.compose(query.flatten(2).unsqueeze(2), keys)
-        prior = self.geometry(self.offsets(x.dtype, x.device)).view(1, g, k * k, 1)
-        logits = (logits + prior).masked_fill(self.outside_mask(height, width, x.device), -math.inf)
-        weights = torch.softmax(logits, dim=2)  # (B, G, k^2, H'W')
-        windows = F.unfold(x, k, padding=pad, stride=s).view(b, c, k * k, -1)
-        y = self.aggregate(windows, weights).view(b, c, out_h, out_w)
+        prior = self.prior(x.dtype, x.device)
+        key, query = self.key_and_query(x)
+        y = self.relation(self, x, query, key, prior)
+        del key, query  # freed before the final 1x1 runs: not part of the layer's peak memory
         return self.out(y)
 
-    def aggregate(self, windows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """(B, C, k^2, L) windows, (B, G, k^2, L) weights -> (B, C, L): each group's m
-        channels share their group's weights (broadcast, not copied per channel)."""
-        # Sizes from the module, not the tensors: traced shape arithmetic would show up as ops.
-        c, m, k2 = self.channels, self.m, self.kernel_size**2
-        full = (c // m) * m  # channels in groups of exactly m
-        parts = []
-        if full:
-            grouped = windows[:, :full].reshape(-1, full // m, m, k2, windows.shape[-1])
-            shared = weights[:, : full // m].unsqueeze(2)
-            parts.append((grouped * shared).sum(dim=3).flatten(1, 2))
-        if full < c:  # the last, smaller group
-            parts.append((windows[:, full:] * weights[:, -1:]).sum(dim=2))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    def prepare(self, inputs: tuple, backward: bool = False) -> dict:
+        """The implementation's one-time work (a compile, a build) before timing."""
+        return self.relation.prepare(self, inputs, backward)
 
 
 def build(spec: LayerSpec) -> LocalRelation2d:
     p = dict(spec.params)
     return LocalRelation2d(spec.channels, p["k"], p["m"], p["stride"], phi=p["phi"],
-                           geometry_hidden=p["geometry_hidden"])
+                           geometry_hidden=p["geometry_hidden"], impl=spec.impl or "unfold")
 
 
 def cost(spec: LayerSpec) -> CostModel:
@@ -184,12 +188,13 @@ def cost(spec: LayerSpec) -> CostModel:
         spec.channels, spec.height, spec.width, p["k"], p["m"], p["stride"], spec.batch,
         geometry_hidden=p["geometry_hidden"],
         bytes_per_element=spec.torch_dtype.itemsize,
+        impl=spec.impl or "unfold",
     )
 
 
 def from_module(module: LocalRelation2d, input_shape: tuple[int, ...]) -> LayerSpec:
     b, c, h, w = input_shape
-    return LayerSpec(op="lr", impl="unfold", channels=c, height=h, width=w, batch=b,
+    return LayerSpec(op="lr", impl=module.impl, channels=c, height=h, width=w, batch=b,
                      k=module.kernel_size, m=module.m, stride=module.stride, phi=module.phi,
                      geometry_hidden=module.geometry_hidden)
 
@@ -204,8 +209,10 @@ def cost_of(
     batch: int = 1,
     geometry_hidden: int | None = None,
     bytes_per_element: int = 4,
+    impl: str = "unfold",
 ) -> CostModel:
-    """Exact term-by-term MACs, parameters and the paper's O-model for one layer."""
+    """Exact term-by-term MACs, parameters and the paper's O-model for one layer, and the
+    bytes it must move against what implementation `impl` moves by design."""
     c, s, b = channels, stride, batch
     g = num_groups(c, m)
     h = geometry_hidden or g
@@ -232,6 +239,8 @@ def cost_of(
         "aggregated": b * c * out_hw * e,
         "output": b * c * out_hw * e,
     }
+    sizes = Sizes(b, c, height, width, output_size(height, s), output_size(width, s), g, k, e)
+    relation = get_relation(impl)
     return CostModel(
         terms=terms,
         params=params,
@@ -240,16 +249,32 @@ def cost_of(
         paper_formula=PAPER_FORMULA,
         paper_band=(0.5, 1.1),
         activation_bytes=activation_bytes,
-        implementation_bytes={
-            # the unfold implementation's k^2 windows of x, and the weighted copy of them
-            "unfold windows (C*k^2*H'W')": b * c * k2 * out_hw * e,
-            "weighted windows (C*k^2*H'W')": b * c * k2 * out_hw * e,
+        implementation_bytes=relation.buffers(sizes),
+        minimal_bytes={
+            "x (read once)": b * c * hw * e,
+            "query (read once)": b * g * out_hw * e,
+            "key (read once)": b * g * hw * e,
+            "y (written once)": b * c * out_hw * e,
         },
+        design_bytes={**convolution_traffic(sizes, params * e), **relation.traffic(sizes)},
         notes=(
             f"G = ceil(C/m) = {g}" + ("" if c % m == 0 else f" (last group holds {c - (g - 1) * m})"),
             f"geometry prior hidden width h = {h}",
         ),
     )
+
+
+def convolution_traffic(n: Sizes, weight_bytes: int) -> dict[str, int]:
+    """What the three 1x1 convolutions read and write, each tensor once (every
+    implementation shares them): x twice (key, query), the aggregated map once, and the
+    weights."""
+    e = n.e
+    return {
+        "1x1 convs: x read by key and query": n.batch * n.channels * (n.hw + n.out_hw) * e,
+        "1x1 convs: key and query written": n.batch * n.groups * (n.hw + n.out_hw) * e,
+        "final 1x1: aggregated read, y written": 2 * n.batch * n.channels * n.out_hw * e,
+        "weights": weight_bytes,
+    }
 
 
 def _largest_window(ctx: Context) -> int:
@@ -277,8 +302,9 @@ def _register() -> None:
             name="lr",
             summary="local relation layer (LR-Net): key/query 1x1, k x k relation softmax, 1x1",
             schema=SCHEMA,
-            impls=(Impl("unfold", "F.unfold of the k^2 windows (C*k^2*H'W' buffer): the readable "
-                        "reference", build),),
+            impls=tuple(Impl(r.name, r.summary, build, devices=r.devices, available=r.unavailable,
+                             backward=r.backward) for r in relations()),
+            reference="unfold",
             cost=cost,
             modules=(LocalRelation2d,),
             from_module=from_module,

@@ -122,6 +122,9 @@ def environment_lines(report: Report) -> list[str]:
         lines.append("CUDA: " + ", ".join(f"{k}={v}" for k, v in env.cuda.items()))
     if env.unreadable:
         lines.append("unreadable: " + "; ".join(f"{k}: {v}" for k, v in env.unreadable.items()))
+    for c in env.ceilings:
+        lines.append(f"ceilings: {c['device']} {c['dtype']}: {c['bandwidth_GBps']:.1f} GB/s copy, "
+                     f"{c['compute_GFLOPs']:.1f} GFLOP/s matmul ({c['method']})")
     return lines
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from lrprof.measure import device as device_facts
-from lrprof.measure import noise
+from lrprof.measure import noise, roofline
 from lrprof.record import Record, Report, Section
 from lrprof.report import latency_text
 from lrprof.report.numbers import fmt, mib, runs_text
@@ -86,6 +86,8 @@ def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
             row[MEM_VS] = r.derived.get("fwd_peak_vs_baseline")
         row["output error"] = r.checks.get("output_max_rel_err")
         row["fwd GMAC/s"] = r.derived.get("fwd_GMAC_per_s")
+        if any("setup_s" in x.derived for x in records):
+            row["setup s (compile/build, once)"] = r.derived.get("setup_s")
         row["verdict"] = r.checks.get("verdict")
         if r.error:
             row["error"] = r.error
@@ -229,6 +231,41 @@ def _where(c: Any) -> str:
     return f"{c.pixels:,.0f} (~{edge:.0f}x{edge:.0f})"
 
 
+def roofline_rows(records: list[Record]) -> list[dict[str, Any]]:
+    """Forward pass against the device's measured ceilings (lrprof.measure.roofline)."""
+    rows = []
+    for r in records:
+        if "bound" not in r.derived:  # not placed: --no-roofline, or no timing
+            continue
+        fraction = r.derived.get("roofline_fraction")
+        fwd = r.memory.get("fwd")
+        minimal = r.derived.get("minimal_bytes")
+        rows.append({
+            "layer": r.name,
+            "min bytes (MB)": _m(minimal),
+            "design bytes (MB)": _m(r.derived.get("design_bytes")),
+            "GB/s (design bytes)": r.derived.get("achieved_GBps"),
+            "GB/s (min bytes)": r.derived.get("minimal_GBps"),
+            "GFLOP/s (2 FLOPs per MAC)": r.derived.get("achieved_GFLOPs"),
+            "FLOP/byte (design)": r.derived.get("intensity_FLOP_per_byte"),
+            "bound": r.derived.get("bound"),
+            "% of roofline": 100 * fraction if fraction is not None else None,
+            "fwd peak / min bytes": fwd.peak_bytes / minimal if fwd and minimal else None,
+        })
+    return rows
+
+
+def _ceilings_note(records: list[Record]) -> str:
+    seen = {}
+    for r in records:
+        c = r.detail.get("ceilings")
+        if c:
+            key = (c["device"], c["dtype"], c["threads"])
+            seen[key] = (f"{c['device']} {c['dtype']} {c['bandwidth_GBps']:.1f} GB/s, "
+                         f"{c['compute_GFLOPs']:.1f} GFLOP/s")
+    return "ceilings measured once per run (a large copy, a large matmul): " + "; ".join(seen.values())
+
+
 def _unavailable_note(unavailable: dict[str, dict[str, str]] | None) -> list[str]:
     return [f"{op}: implementation {name} not measured: {reason}"
             for op, reasons in (unavailable or {}).items() for name, reason in reasons.items()]
@@ -240,6 +277,8 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
     if environment is None:
         device = records[0].detail.get("device", records[0].config["device"]) if records else "cpu"
         environment = device_facts.collect(torch.device(device))
+    if not environment.ceilings:
+        environment.ceilings = [c.to_dict() for c in roofline.measured()]
     sections = [
         Section("Layers (MACs: multiply-accumulates, 1 MAC = 2 FLOPs)", summary_rows(records),
                 "rows timed in one interleaved schedule; conv3x3: the dense 3x3 conv of each row's shape",
@@ -269,6 +308,13 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
     if crossing:
         sections.insert(1, Section("Where the global operator overtakes the local ones", crossing,
                                    crossing_line))
+    roof = roofline_rows(records)
+    if roof:
+        sections.insert(2, Section(
+            "Roofline (forward)", roof,
+            "min bytes: x, query, key read once, y written once (the operator's minimum); design bytes: "
+            "what the implementation moves by design, 1x1 convs included; bound: the ceiling that "
+            "limits the row at its design bytes and counted FLOPs; " + _ceilings_note(records)))
     sections.append(Section("Memory", memory_rows(records), MEMORY_NOTE, show="markdown"))
     notes = [
         "MACs count one forward pass (and one backward pass with --backward) at the dispatcher; "
