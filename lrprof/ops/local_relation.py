@@ -156,12 +156,25 @@ class LocalRelation2d(nn.Module):
         """(G, k^2) geometry prior of each window position, from the real offsets."""
         return self.geometry(self.offsets(dtype, device)).view(self.groups, self.kernel_size**2)
 
+    def pointwise(self, x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """A 1x1 convolution without bias as the implementation asks: nn.Conv2d's path, or
+        one batched matrix product (B, O, C) x (B, C, H'W') over the flattened map."""
+        if self.relation.pointwise != "matmul":
+            return F.conv2d(x, weight, stride=stride)
+        if stride != 1:
+            x = x[:, :, ::stride, ::stride]
+        b, c, h, w = x.shape
+        flat = x.reshape(b, c, h * w)
+        out = torch.bmm(weight.view(1, weight.shape[0], c).expand(b, -1, -1), flat)
+        return out.view(b, weight.shape[0], h, w)
+
     def key_and_query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """key (B, G, H, W) and query (B, G, H', W'). At stride 1 both are one convolution
+        """key (B, G, H, W) and query (B, G, H', W'). At stride 1 both are one product
         with the two weights stacked: x is read once, the MACs are the same."""
         if self.stride != 1:
-            return self.key(x), self.query(x)
-        both = F.conv2d(x, torch.cat([self.key.weight, self.query.weight]))
+            return (self.pointwise(x, self.key.weight),
+                    self.pointwise(x, self.query.weight, self.stride))
+        both = self.pointwise(x, torch.cat([self.key.weight, self.query.weight]))
         return both[:, :self.groups], both[:, self.groups:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,7 +182,7 @@ class LocalRelation2d(nn.Module):
         key, query = self.key_and_query(x)
         y = self.relation(self, x, query, key, prior)
         del key, query  # freed before the final 1x1 runs: not part of the layer's peak memory
-        return self.out(y)
+        return self.pointwise(y, self.out.weight)
 
     def prepare(self, inputs: tuple, backward: bool = False) -> dict:
         """The implementation's one-time work (a compile, a build) before timing."""

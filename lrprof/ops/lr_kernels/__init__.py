@@ -57,6 +57,10 @@ class Relation:
     summary = ""
     backward = "autograd through the forward's ops"
     devices: tuple[str, ...] = ("cpu", "cuda")
+    # How the layer computes its three 1x1s around this relation: "conv" (nn.Conv2d, the
+    # readable reference) or "matmul" (one batched matrix product over the flattened map:
+    # the same weights and MACs, without a small-convolution library call's overhead).
+    pointwise = "conv"
 
     def unavailable(self, device: torch.device, dtype: str) -> str | None:
         """Why it cannot run on this device and dtype, or None."""

@@ -59,6 +59,7 @@ def window_relation(x: torch.Tensor, query: torch.Tensor, key: torch.Tensor, pri
 
 
 class Compiled(Relation):
+    pointwise = "matmul"
     name = "compiled"
     summary = "torch.compile (inductor) of window views; compile time in its own column"
     backward = "AOTAutograd's compiled backward of the same formulation (inductor)"

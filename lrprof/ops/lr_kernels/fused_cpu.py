@@ -185,6 +185,7 @@ register_rule(BACKWARD, backward_work,
 
 
 class Fused(Relation):
+    pointwise = "matmul"
     name = "fused"
     summary = "C++/OpenMP kernel: logits, softmax and aggregation per row tile, no k^2 buffer"
     backward = ("a C++ backward kernel (lrprof_fused::relation_backward) that recomputes the softmax "

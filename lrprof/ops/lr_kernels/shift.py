@@ -15,6 +15,7 @@ from lrprof.ops.lr_kernels import Relation, Sizes, register_relation
 
 
 class Shift(Relation):
+    pointwise = "matmul"
     name = "shift"
     summary = "eager shift-and-accumulate over the k^2 offsets (no C*k^2*H'W' buffer)"
     backward = ("autograd through the per-offset multiply-adds (saves views of padded x and "

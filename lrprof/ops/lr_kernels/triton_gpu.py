@@ -191,6 +191,7 @@ register_rule(BACKWARD, backward_work, "weights recomputed twice; grads of weigh
 
 
 class TritonRelation(Relation):
+    pointwise = "matmul"
     name = "triton"
     summary = "Triton kernel per output tile (CUDA; CPU under TRITON_INTERPRET=1), no k^2 buffer"
     backward = ("two Triton kernels recomputing the weights from the saved log-sum-exp: per output "
