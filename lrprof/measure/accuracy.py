@@ -25,6 +25,7 @@ class OutputCheck:
     max_rel_err: float
     tolerance: float
     reference: str
+    note: str = ""  # what the operator's own check adjusted (DRConv's near-tie routing)
 
     @property
     def ok(self) -> bool:

@@ -14,6 +14,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -92,6 +93,9 @@ class OpDef:
     cost_text: str = ""  # the exact model in words, for `lrprof ops` and the README
     stride_param: str | None = "stride"  # the parameter the baseline conv copies, if any
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # replaces measure.accuracy.compare_with_reference for operators whose output is not a
+    # continuous function of the input (DRConv's argmax), same signature
+    check_output: Callable[..., Any] | None = None
 
     @property
     def default_impl(self) -> str:

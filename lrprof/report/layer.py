@@ -323,6 +323,8 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
         "implementation in float64, same weights and input.",
     ]
     notes += _unavailable_note(unavailable)
+    notes += [f"output check of {r.name}: {r.detail['output_check_note']}"
+              for r in records if r.detail.get("output_check_note")]
     timed = [s for r in records for s in r.latency.values()]
     notes.append(f"timing: {timed[0].method}" if timed else "timing: not measured")
     threads = sorted({s.threads for s in timed if s.threads})
