@@ -46,3 +46,14 @@ def test_net_vs_per_layer_draws_shares_versus_and_layers(tmp_path_factory, name)
     width, height = png_size(out / name)
     assert width > 500 and height > 250
     assert f"]({name})" in (out / "net.md").read_text()
+
+
+def test_long_row_names_keep_operator_and_shape() -> None:
+    """Rows of one figure differ by their shape: a shortened name must keep it."""
+    from lrprof.plots.layer import NAME_LIMIT, _short
+
+    names = [f"nonlocal[bmm] pairwise=embedded_gaussian C=64 {s}x{s} B=1" for s in (28, 56, 112)]
+    short = [_short(n) for n in names]
+    assert all(len(s) <= NAME_LIMIT for s in short)
+    assert len(set(short)) == 3 and short[2] == "nonlocal[bmm] … C=64 112x112 B=1"
+    assert _short("conv[torch] k=3 s=1 C=64 56x56 B=1") == "conv[torch] k=3 s=1 C=64 56x56 B=1"

@@ -68,11 +68,12 @@ def _si(value: float, _position: Any = None) -> str:
     return f"{value:g}"
 
 
-def _log_axis(axis: Any) -> None:
-    """Log scale with readable labels (1, 2, 5 per decade; 2k, 40M) instead of 6x10^1."""
+def _log_axis(axis: Any, subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
+    """Log scale with readable labels (1, 2, 5 per decade; 2k, 40M) instead of 6x10^1;
+    `subs=(1.0,)` labels decades only (a narrow panel)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(_si))
     axis.set_minor_formatter(NullFormatter())
 

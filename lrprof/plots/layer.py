@@ -16,15 +16,27 @@ PHASES = (("fwd", "forward"), ("fwd_bwd", "forward+backward"))
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= NAME_LIMIT else name[:NAME_LIMIT - 1] + "…"
+    """Fit a row name to NAME_LIMIT by dropping parameters from its middle: the operator
+    (first word) and the shape (last three: channels, size, batch) are what tell rows of one
+    figure apart."""
+    if len(name) <= NAME_LIMIT:
+        return name
+    words = name.split(" ")
+    head, middle, tail = words[:1], words[1:-3], words[-3:]
+    while middle:
+        middle.pop()
+        short = " ".join([*head, *middle, "…", *tail])
+        if len(short) <= NAME_LIMIT:
+            return short
+    return name[:NAME_LIMIT - 1] + "…"
 
 
-def _log_if_wide(axis: Any, values: Sequence[float]) -> None:
-    """A log scale (with 1-2-5 labels) when the values span more than 20x."""
+def _log_if_wide(axis: Any, values: Sequence[float], subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
+    """A log scale (with 1-2-5 labels, or `subs`) when the values span more than 20x."""
     positive = [v for v in values if v and v > 0]
     if positive and max(positive) / min(positive) > 20:
         axis.set_xscale("log")
-        _log_axis(axis.xaxis)
+        _log_axis(axis.xaxis, subs)
 
 
 def plot_layer_rows(records: Sequence[Record], path: Path, facts: str) -> Plot | None:
@@ -63,9 +75,11 @@ def plot_layer_rows(records: Sequence[Record], path: Path, facts: str) -> Plot |
     left.legend(fontsize=8, loc="best")
     macs = [(r.exact.get("fwd_MACs") or 0) / 1e6 for r in rows]
     right.barh(positions, macs, height=0.5, color="0.55")
-    right.set_xlabel("counted fwd MACs (M; 1 MAC = 2 FLOPs)")
+    _log_if_wide(right, macs, subs=(1.0,))
+    scale = ", log" if right.get_xscale() == "log" else ""
+    right.set_xlabel(f"counted fwd MACs (M{scale}; 1 MAC = 2 FLOPs)")
     right.grid(True, axis="x", alpha=0.3)
-    fig.suptitle(f"Latency and work per row, one interleaved run - {facts}", fontsize=10)
+    fig.suptitle(f"Latency and work per row, one interleaved run\n{facts}", fontsize=10)
     _save(fig, path)
     return Plot(path, "Latency and work per row",
                 "Each row's median latency per call with its interquartile range, forward (and "

@@ -54,7 +54,7 @@ def plot_stage_shares(records: Sequence[Record], path: Path, facts: str) -> Plot
                     [s.derived.get("MACs_share_pct") or 0 for s in stages],
                     [s.derived.get("latency_share_pct") or 0 for s in stages], horizontal=False)
         axis.set_title(net, fontsize=10)
-    fig.suptitle(f"Where the work is and where the time goes, per stage - {facts}", fontsize=10)
+    fig.suptitle(f"Where the work is and where the time goes, per stage\n{facts}", fontsize=10)
     _save(fig, path)
     return Plot(path, "MACs share and time share per stage",
                 "Each stage's share of the counted forward MACs beside its share of the summed "
@@ -76,7 +76,7 @@ def plot_top_layers(records: Sequence[Record], path: Path, facts: str,
                     [r.derived.get("MACs_share_pct") or 0 for r in top],
                     [r.derived.get("latency_share_pct") or 0 for r in top], horizontal=True)
         axis.set_title(f"{net}: {len(top)} slowest layers", fontsize=10)
-    fig.suptitle(f"The slowest layers: MACs share and time share - {facts}", fontsize=10)
+    fig.suptitle(f"The slowest layers: MACs share and time share\n{facts}", fontsize=10)
     _save(fig, path)
     return Plot(path, f"The {limit} slowest layers",
                 "For each network, the layers that take the largest share of the summed hooked "
@@ -109,7 +109,7 @@ def plot_versus_stages(records: Sequence[Record], path: Path, facts: str) -> Plo
         axis.set_title(f"whole net (unhooked): {a} {figure(totals[a])} ms, {b} {figure(totals[b])} ms, "
                        f"ratio {figure(totals[a] / totals[b])}", fontsize=9)
     axis.legend(fontsize=8)
-    fig.suptitle(f"{a} against {b}, stage by stage, same interleaved run - {facts}", fontsize=10)
+    fig.suptitle(f"{a} against {b}, stage by stage, same interleaved run\n{facts}", fontsize=10)
     _save(fig, path)
     return Plot(path, f"{a} against {b}, stage by stage",
                 "Median hooked time of each stage for both networks (log scale), measured in one "
