@@ -195,3 +195,23 @@ def split_list(text: str | Sequence[Any], param: str) -> list[Any]:
     if isinstance(text, (list, tuple)):
         return list(text)
     return [text]
+
+
+# Parameters several convolution-like operators share, defined once so their ranges agree.
+def kernel_param(default: int = 3) -> Param:
+    """k x k with 'same' padding: odd, at most twice the image plus one."""
+    return Param("k", int, default, "kernel size k x k ('same' padding k // 2)", minimum=1,
+                 maximum=lambda ctx: 2 * max(ctx["height"], ctx["width"]) + 1, odd=True, headline=True,
+                 bound_text="in 1..2*max(H, W)+1")
+
+
+def stride_param() -> Param:
+    return Param("stride", int, 1, "stride s (output ceil(H/s) x ceil(W/s))", minimum=1,
+                 maximum=lambda ctx: max(ctx["height"], ctx["width"]), headline=True, short="s",
+                 bound_text="in 1..max(H, W)")
+
+
+def out_channels_param() -> Param:
+    return Param("out_channels", int, None, "output channels", minimum=1,
+                 derive=lambda ctx: ctx["channels"], derived_text="channels")
+

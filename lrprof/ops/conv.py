@@ -12,7 +12,7 @@ from torch import nn
 
 from lrprof.errors import InputError
 from lrprof.ops.cost import CostModel, Term
-from lrprof.schema import Context, Param, Schema
+from lrprof.schema import Context, Param, Schema, kernel_param, out_channels_param, stride_param
 from lrprof.spec import LayerSpec
 
 FORMULA = "B * C_out * H'W' * (C / groups) * k^2"
@@ -31,14 +31,9 @@ def _divides_channels(value: int, ctx: Context) -> str | None:
 
 
 SCHEMA = Schema((
-    Param("k", int, 3, "kernel size k x k ('same' padding k // 2)", minimum=1,
-          maximum=lambda ctx: 2 * max(ctx["height"], ctx["width"]) + 1, odd=True, headline=True,
-          bound_text="in 1..2*max(H, W)+1"),
-    Param("stride", int, 1, "stride s (output ceil(H/s) x ceil(W/s))", minimum=1,
-          maximum=lambda ctx: max(ctx["height"], ctx["width"]), headline=True, short="s",
-          bound_text="in 1..max(H, W)"),
-    Param("out_channels", int, None, "output channels", minimum=1,
-          derive=lambda ctx: ctx["channels"], derived_text="channels"),
+    kernel_param(),
+    stride_param(),
+    out_channels_param(),
     Param("groups", int, 1, "groups: 1 dense, channels for depthwise", minimum=1,
           check=_divides_channels, bound_text="dividing channels and out_channels"),
     Param("bias", bool, False, "add a bias per output channel"),

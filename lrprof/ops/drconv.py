@@ -37,7 +37,7 @@ from torch import nn
 
 from lrprof.errors import SpecError, require_int
 from lrprof.ops.cost import CostModel, Term
-from lrprof.schema import Param, Schema
+from lrprof.schema import Param, Schema, kernel_param, out_channels_param, stride_param
 from lrprof.spec import LayerSpec
 
 PAPER_FORMULA = "B * O * C * k^2 * H'W' (the paper's claim: a standard convolution's cost)"
@@ -278,16 +278,11 @@ def cost_of(channels: int, height: int, width: int, k: int = 3, regions: int = 8
 
 
 SCHEMA = Schema((
-    Param("k", int, 3, "kernel size k x k ('same' padding k // 2)", minimum=1,
-          maximum=lambda ctx: 2 * max(ctx["height"], ctx["width"]) + 1, odd=True, headline=True,
-          bound_text="in 1..2*max(H, W)+1"),
+    kernel_param(),
     Param("regions", int, 8, "DRConv regions r (one filter bank per region)", minimum=1, headline=True,
           short="r"),
-    Param("stride", int, 1, "stride s (output ceil(H/s) x ceil(W/s))", minimum=1,
-          maximum=lambda ctx: max(ctx["height"], ctx["width"]), headline=True, short="s",
-          bound_text="in 1..max(H, W)"),
-    Param("out_channels", int, None, "output channels", minimum=1,
-          derive=lambda ctx: ctx["channels"], derived_text="channels"),
+    stride_param(),
+    out_channels_param(),
 ))
 
 COST_TEXT = ("B*O*C*k^2*H'W' (main: each pixel with its own region's filters) + B*r*C*k^2*H'W' "
