@@ -214,4 +214,3 @@ def stride_param() -> Param:
 def out_channels_param() -> Param:
     return Param("out_channels", int, None, "output channels", minimum=1,
                  derive=lambda ctx: ctx["channels"], derived_text="channels")
-

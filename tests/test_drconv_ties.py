@@ -15,7 +15,7 @@ def _tied_module() -> tuple[DRConv2d, torch.Tensor]:
     module = DRConv2d(8, 8, 3, 4)
     with torch.no_grad():  # regions 0 and 1 differ by less than float32 can tell apart
         module.guide.weight[1] = module.guide.weight[0]
-        module.guide.bias[1] = module.guide.bias[0].double().item() + 1e-9
+        module.guide.bias[1] = torch.nextafter(module.guide.bias[0], torch.tensor(float("inf")))
     return module, torch.randn(1, 8, 16, 16)
 
 
@@ -63,3 +63,19 @@ def test_the_layer_report_says_when_near_ties_were_rerouted() -> None:
     record.detail["output_check_note"] = "2 near-tie pixel(s) routed to the module's region in the reference"
     text = render_markdown(layer_report([record], argv=["lrprof", "layer"]))
     assert "output check of drconv[region] k=3: 2 near-tie pixel(s)" in text
+
+
+def test_the_layer_profile_uses_drconvs_check() -> None:
+    """Registered and wired: the float32 row at 112x112 (seed 0) has one near-tie pixel,
+    which failed the row before DRConv had its own check."""
+    from lrprof.layer import MeasureOptions, profile_layer
+    from lrprof.measure.timing import TimingOptions
+    from lrprof.ops import get_op
+    from lrprof.spec import LayerSpec
+
+    assert get_op("drconv").check_output is check_output
+    options = MeasureOptions(timing=TimingOptions(warmup=1, warmup_s=0, min_runs=2, min_time_s=0.01),
+                             memory_runs=1, stock_counters=False, baseline=False, roofline=False)
+    record = profile_layer(LayerSpec(op="drconv", channels=64, height=112, width=112, device="cpu"), options)
+    assert record.error is None and record.checks["output_ok"]
+    assert "near-tie" in record.detail.get("output_check_note", "")

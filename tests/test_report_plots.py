@@ -48,12 +48,17 @@ def test_net_vs_per_layer_draws_shares_versus_and_layers(tmp_path_factory, name)
     assert f"]({name})" in (out / "net.md").read_text()
 
 
-def test_long_row_names_keep_operator_and_shape() -> None:
-    """Rows of one figure differ by their shape: a shortened name must keep it."""
-    from lrprof.plots.layer import NAME_LIMIT, _short
+def test_long_row_names_keep_what_tells_rows_apart() -> None:
+    """Rows of one figure differ by their shape, dtype or a parameter: shortened names keep it."""
+    from lrprof.plots.layer import NAME_LIMIT, short_names
 
-    names = [f"nonlocal[bmm] pairwise=embedded_gaussian C=64 {s}x{s} B=1" for s in (28, 56, 112)]
-    short = [_short(n) for n in names]
-    assert all(len(s) <= NAME_LIMIT for s in short)
-    assert len(set(short)) == 3 and short[2] == "nonlocal[bmm] … C=64 112x112 B=1"
-    assert _short("conv[torch] k=3 s=1 C=64 56x56 B=1") == "conv[torch] k=3 s=1 C=64 56x56 B=1"
+    sizes = [f"nonlocal[bmm] pairwise=embedded_gaussian C=64 {s}x{s} B=1" for s in (28, 56, 112)]
+    short = short_names(sizes + ["conv[torch] k=3 s=1 C=64 56x56 B=1"])
+    assert all(len(s) <= NAME_LIMIT for s in short) and len(set(short)) == 4
+    assert short[2].startswith("nonlocal[bmm]") and "112x112" in short[2]
+    assert short[3] == "conv[torch] k=3 s=1 C=64 56x56 B=1"  # short enough: unchanged
+    channels = short_names([f"lr[unfold] k=7 m=8 s=1 C={c} 56x56 B=1 float16" for c in (64, 128)])
+    assert len(set(channels)) == 2 and "C=128" in channels[1]
+    phis = short_names([f"lr[unfold] k=7 m=8 s=1 C=128 56x56 B=1 phi={p} float16"
+                        for p in ("absdiff", "mul", "sqdiff")])
+    assert len(set(phis)) == 3 and all(len(s) <= NAME_LIMIT for s in phis)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrprof.errors import SpecError, require_int
+from lrprof.measure.accuracy import TOLERANCE, OutputCheck, compare_with_reference
 from lrprof.ops.cost import CostModel, Term
 from lrprof.schema import Param, Schema, kernel_param, out_channels_param, stride_param
 from lrprof.spec import LayerSpec
@@ -175,17 +176,16 @@ class NaiveDRConv2d(DRConv2d):
         return (every * mask.unsqueeze(2)).sum(dim=1)
 
 
-
 def check_output(module: DRConv2d, reference: DRConv2d, inputs: tuple[torch.Tensor, ...], dtype: str,
-                 reference_name: str):
+                 reference_name: str) -> OutputCheck:
     """The output check for DRConv. Its output jumps where a pixel's two largest guide logits
     swap, so where they tie to within the dtype's rounding the module and its float64
     reference may both be right and still pick different regions. At such near-ties (margin
     at most the dtype's tolerance times max |logit| in float64) the reference routes the
-    pixel as the module did, and the note counts them; a disagreement on a clear margin is
-    left alone, so it fails the check."""
-    from lrprof.measure.accuracy import TOLERANCE, compare_with_reference
-
+    pixel to the region the module's guide picks (its argmax at the module's dtype), and the
+    note counts them; a disagreement on a clear margin is left alone, so it fails the check.
+    A module that routes otherwise than its guide says fails too: its output is compared
+    with the reference routed by that guide."""
     with torch.no_grad():
         chosen = module.guide(inputs[0]).argmax(dim=1)  # (B, H', W') as the module routes
     found = {"ties": 0, "clear": 0}
@@ -209,9 +209,10 @@ def check_output(module: DRConv2d, reference: DRConv2d, inputs: tuple[torch.Tens
         handle.remove()
     parts = []
     if found["ties"]:
-        parts.append(f"{found['ties']} near-tie pixel(s) routed to the module's region in the reference")
+        parts.append(f"{found['ties']} near-tie pixel(s) routed in the reference to the region "
+                     "the module's guide picks")
     if found["clear"]:
-        parts.append(f"{found['clear']} pixel(s) routed differently on a clear margin")
+        parts.append(f"{found['clear']} pixel(s) where the guide's pick differs on a clear margin")
     return dataclasses.replace(check, note="; ".join(parts))
 
 

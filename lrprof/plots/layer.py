@@ -15,19 +15,44 @@ NAME_LIMIT = 42
 PHASES = (("fwd", "forward"), ("fwd_bwd", "forward+backward"))
 
 
-def _short(name: str) -> str:
-    """Fit a row name to NAME_LIMIT by dropping parameters from its middle: the operator
-    (first word) and the shape (last three: channels, size, batch) are what tell rows of one
-    figure apart."""
+def short_names(names: Sequence[str]) -> list[str]:
+    """Fit the row names of one figure to NAME_LIMIT each. The operator (first word) stays;
+    words every row shares go first (right to left), then the others from the left, so
+    the shape at the end, which usually tells rows apart, goes last. An ellipsis marks
+    where words went. If that makes two rows look alike, the full names are kept."""
+    shared = set.intersection(*(set(n.split(" ")[1:]) for n in names)) if len(names) > 1 else set()
+    short = [_shorten(n, shared) for n in names]
+    if len(set(short)) < len(set(names)):
+        return list(names)
+    return short
+
+
+def _shorten(name: str, shared: set[str]) -> str:
     if len(name) <= NAME_LIMIT:
         return name
     words = name.split(" ")
-    head, middle, tail = words[:1], words[1:-3], words[-3:]
-    while middle:
-        middle.pop()
-        short = " ".join([*head, *middle, "…", *tail])
-        if len(short) <= NAME_LIMIT:
-            return short
+    head, rest = words[:1], words[1:]
+
+    def text(dropped: set[int]) -> str:
+        kept, marked = list(head), False
+        for j, word in enumerate(rest):
+            if j not in dropped:
+                kept.append(word)
+            elif not marked:
+                kept.append("…")
+                marked = True
+        return " ".join(kept)
+
+    order = [i for i in reversed(range(len(rest))) if rest[i] in shared]
+    order += [i for i in range(len(rest)) if rest[i] not in shared]
+    dropped: set[int] = set()
+    for i in order:
+        dropped.add(i)
+        if len(text(dropped)) <= NAME_LIMIT:
+            for j in reversed(order[:order.index(i)]):  # put back what still fits
+                if len(text(dropped - {j})) <= NAME_LIMIT:
+                    dropped.discard(j)
+            return text(dropped)
     return name[:NAME_LIMIT - 1] + "…"
 
 
@@ -66,8 +91,8 @@ def plot_layer_rows(records: Sequence[Record], path: Path, facts: str) -> Plot |
                       label=f"{label}: median, whiskers from first to third quartile")
         medians += xs
     _log_if_wide(left, medians)
-    labels = [_short(r.name) + ("  (baseline)" if "baseline" in str(r.derived.get("role", "")) else "")
-              for r in rows]
+    labels = [name + ("  (baseline)" if "baseline" in str(r.derived.get("role", "")) else "")
+              for name, r in zip(short_names([r.name for r in rows]), rows, strict=True)]
     left.set_yticks(positions, labels, fontsize=8)
     left.set_ylim(-0.6, len(rows) - 0.4)
     left.set_xlabel("latency per call (ms)")
