@@ -198,9 +198,10 @@ def split_list(text: str | Sequence[Any], param: str) -> list[Any]:
 
 
 # Parameters several convolution-like operators share, defined once so their ranges agree.
-def kernel_param(default: int = 3) -> Param:
-    """k x k with 'same' padding: odd, at most twice the image plus one."""
-    return Param("k", int, default, "kernel size k x k ('same' padding k // 2)", minimum=1,
+def kernel_param(default: int = 3, help: str = "kernel size k x k ('same' padding k // 2)") -> Param:
+    """k x k with 'same' padding: odd, at most twice the image plus one (beyond it every
+    window covers the whole image)."""
+    return Param("k", int, default, help, minimum=1,
                  maximum=lambda ctx: 2 * max(ctx["height"], ctx["width"]) + 1, odd=True, headline=True,
                  bound_text="in 1..2*max(H, W)+1")
 

@@ -32,7 +32,7 @@ from torch import nn
 from lrprof.errors import SpecError, require_int
 from lrprof.ops.cost import CostModel, Term
 from lrprof.ops.lr_kernels import Relation, Sizes, get_relation, relations
-from lrprof.schema import Context, Param, Schema
+from lrprof.schema import Param, Schema, kernel_param
 from lrprof.spec import LayerSpec
 
 PHIS = ("sqdiff", "absdiff", "mul")
@@ -290,13 +290,8 @@ def convolution_traffic(n: Sizes, weight_bytes: int) -> dict[str, int]:
     }
 
 
-def _largest_window(ctx: Context) -> int:
-    return 2 * max(ctx["height"], ctx["width"]) + 1  # beyond it every window covers the image
-
-
 SCHEMA = Schema((
-    Param("k", int, 7, "window (neighbourhood) size k x k", minimum=1, maximum=_largest_window,
-          odd=True, headline=True, bound_text="in 1..2*max(H, W)+1"),
+    kernel_param(7, "window (neighbourhood) size k x k"),
     Param("m", int, 8, "channels sharing one aggregation weight map (G = ceil(C/m) groups)",
           minimum=1, maximum=lambda ctx: ctx["channels"], headline=True, bound_text="in 1..channels"),
     Param("stride", int, 1, "stride s (output ceil(H/s) x ceil(W/s))", minimum=1,

@@ -40,7 +40,7 @@ from torch import nn
 
 from lrprof.errors import SpecError, require_int
 from lrprof.ops.cost import CostModel, Term
-from lrprof.schema import Context, Param, Schema
+from lrprof.schema import Context, Param, Schema, kernel_param
 from lrprof.spec import LayerSpec
 
 REL_LOGITS = ("factored", "per-position")
@@ -251,13 +251,8 @@ def _heads_check(value: int, ctx: Context) -> str | None:
     return heads_problem(value, ctx["channels"])
 
 
-def _largest_window(ctx: Context) -> int:
-    return 2 * max(ctx["height"], ctx["width"]) + 1  # beyond it every window covers the image
-
-
 SCHEMA = Schema((
-    Param("k", int, 7, "window (neighbourhood) size k x k", minimum=1, maximum=_largest_window,
-          odd=True, headline=True, bound_text="in 1..2*max(H, W)+1"),
+    kernel_param(7, "window (neighbourhood) size k x k"),
     Param("heads", int, 8, "attention heads (head width C/heads, even)", minimum=1,
           check=_heads_check, headline=True, bound_text="dividing channels into heads of even width"),
     Param("stride", int, 1, "stride s: 2 adds a 2x2 average pool, stride 2, after the layer "

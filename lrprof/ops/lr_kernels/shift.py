@@ -6,12 +6,11 @@ multiply-add per offset), so no C * k^2 * H'W' buffer exists, forward or backwar
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from lrprof.ops.lr_kernels import Relation, Sizes, register_relation
+from lrprof.ops.lr_kernels.unfold import window_weights
 
 
 class Shift(Relation):
@@ -26,11 +25,7 @@ class Shift(Relation):
         k, s, g, m = layer.kernel_size, layer.stride, layer.groups, layer.m
         k2, pad = k * k, k // 2
         out_h, out_w = query.shape[-2:]
-        keys = F.unfold(key, k, padding=pad, stride=s).view(b, g, k2, -1)
-        logits = layer.compose(query.flatten(2).unsqueeze(2), keys)
-        logits = (logits + prior.view(1, g, k2, 1)).masked_fill(
-            layer.outside_mask(height, width, x.device), -math.inf)
-        weights = torch.softmax(logits, dim=2).view(b, g, k2, out_h, out_w)
+        weights = window_weights(layer, key, query, prior, height, width).view(b, g, k2, out_h, out_w)
 
         padded = F.pad(x, (pad, pad, pad, pad))
         span_h, span_w = (out_h - 1) * s + 1, (out_w - 1) * s + 1

@@ -28,6 +28,20 @@ def aggregate(windows: torch.Tensor, weights: torch.Tensor, channels: int, m: in
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
+def window_weights(layer, key: torch.Tensor, query: torch.Tensor, prior: torch.Tensor,
+                   height: int, width: int) -> torch.Tensor:
+    """(B, G, k^2, H'W') softmax weights of every window: Phi(q, k) + prior over the
+    unfolded key windows, neighbours outside the image masked out (shared with `shift`)."""
+    k, s, g = layer.kernel_size, layer.stride, layer.groups
+    k2 = k * k
+    # -1 rather than out_h * out_w: under tracing that product is an op of its own
+    keys = F.unfold(key, k, padding=k // 2, stride=s).view(key.shape[0], g, k2, -1)
+    logits = layer.compose(query.flatten(2).unsqueeze(2), keys)
+    logits = (logits + prior.view(1, g, k2, 1)).masked_fill(
+        layer.outside_mask(height, width, key.device), -math.inf)
+    return torch.softmax(logits, dim=2)
+
+
 class Unfold(Relation):
     name = "unfold"
     summary = "F.unfold of the k^2 windows (C*k^2*H'W' buffer): the readable reference"
@@ -35,16 +49,11 @@ class Unfold(Relation):
 
     def __call__(self, layer, x, query, key, prior):
         b, c, height, width = x.shape
-        k, s, g = layer.kernel_size, layer.stride, layer.groups
-        k2, pad = k * k, k // 2
+        k, s = layer.kernel_size, layer.stride
+        k2 = k * k
         out_h, out_w = query.shape[-2:]
-        # -1 rather than out_h * out_w: under tracing that product is an op of its own
-        keys = F.unfold(key, k, padding=pad, stride=s).view(b, g, k2, -1)
-        logits = layer.compose(query.flatten(2).unsqueeze(2), keys)
-        logits = (logits + prior.view(1, g, k2, 1)).masked_fill(
-            layer.outside_mask(height, width, x.device), -math.inf)
-        weights = torch.softmax(logits, dim=2)  # (B, G, k^2, H'W')
-        windows = F.unfold(x, k, padding=pad, stride=s).view(b, c, k2, -1)
+        weights = window_weights(layer, key, query, prior, height, width)  # (B, G, k^2, H'W')
+        windows = F.unfold(x, k, padding=k // 2, stride=s).view(b, c, k2, -1)
         return aggregate(windows, weights, layer.channels, layer.m, k2).view(b, c, out_h, out_w)
 
     def traffic(self, n: Sizes) -> dict[str, int]:
