@@ -44,9 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lrprof.compare import Thresholds, compare  # noqa: E402
+from lrprof.gate.compare import Thresholds, compare  # noqa: E402
 from lrprof.measure.timing import Stats  # noqa: E402
-from lrprof.record import Report  # noqa: E402
+from lrprof.record.records import Report  # noqa: E402
 from lrprof.report import render_json  # noqa: E402
 
 SITECUSTOMIZE = textwrap.dedent('''\
@@ -55,7 +55,7 @@ SITECUSTOMIZE = textwrap.dedent('''\
     import os
     _spin = int(os.environ.get("LRPROF_BENCH_SPIN", "0"))
     if _spin:
-        from lrprof.ops import local_relation as _lr
+        from lrprof.build.ops import local_relation as _lr
         _forward = _lr.LocalRelation2d.forward
 
         def _slower(self, *args, **kwargs):
@@ -180,10 +180,10 @@ def calibrate_spin(args: argparse.Namespace) -> int:
     on the pinned core with 1 thread."""
     import torch
 
-    from lrprof.layer import prepare_spec
     from lrprof.measure.timing import TimingOptions, time_callable
-    from lrprof.replicate import build_row
-    from lrprof.spec import LayerSpec
+    from lrprof.profile.layer import prepare_spec
+    from lrprof.profile.replicate import build_row
+    from lrprof.spec.layer import LayerSpec
 
     os.sched_setaffinity(0, {args.core})
     torch.set_num_threads(1)
@@ -209,7 +209,7 @@ def calibrate_spin(args: argparse.Namespace) -> int:
 
 def main() -> None:
     args = parse_args()
-    from lrprof.compare import parse_percent
+    from lrprof.gate.compare import parse_percent
 
     slowdown = parse_percent(args.max_slowdown, "max-slowdown")
     growth = parse_percent(args.max_instruction_growth, "max-instruction-growth")

@@ -1,7 +1,7 @@
 """Every implementation of the local relation layer in one run, beside the 3x3 convolution
 of the same shape: forward and forward+backward latency, peak memory, achieved bandwidth,
 and the ratios to unfold and to the conv, all timed in one interleaved schedule
-(lrprof.layer.profile_layers), each output checked against the float64 reference.
+(lrprof.profile.layer.profile_layers), each output checked against the float64 reference.
 
     python benchmarks/lr_impls.py                       # C=64, 56x56, k=7, m=8; B=1 on CPU, 32 on CUDA
     python benchmarks/lr_impls.py --impl fused,shift --out reports/lr_impls
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from lrprof.layer import MeasureOptions, available_impls, layer_report, profile_layers
+from lrprof.build.ops import get_op
 from lrprof.measure import roofline
 from lrprof.measure.device import collect
 from lrprof.measure.timing import TimingOptions
-from lrprof.ops import get_op
-from lrprof.record import Record
+from lrprof.profile.layer import MeasureOptions, available_impls, layer_report, profile_layers
+from lrprof.record.records import Record
 from lrprof.report import report_paths, write_report
-from lrprof.spec import LayerSpec, resolve_device
+from lrprof.spec.layer import LayerSpec, resolve_device
 
 MIB = 2**20
 

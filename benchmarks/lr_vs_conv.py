@@ -12,10 +12,10 @@ import argparse
 import torch
 from torch import nn
 
+from lrprof.build.ops.local_relation import LocalRelation2d
 from lrprof.measure import counting
 from lrprof.measure.timing import TimingOptions, time_callable
-from lrprof.ops.local_relation import LocalRelation2d
-from lrprof.spec import resolve_device
+from lrprof.spec.layer import resolve_device
 
 
 def candidates(c: int, k: int, m: int) -> dict[str, nn.Module]:

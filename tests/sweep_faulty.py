@@ -15,8 +15,8 @@ import time
 import torch
 from torch import nn
 
-from lrprof.ops import CostModel, Impl, OpDef, Param, Schema, Term, list_ops, register_op
-from lrprof.spec import LayerSpec
+from lrprof.build.ops import CostModel, Impl, OpDef, Param, Schema, Term, list_ops, register_op
+from lrprof.spec.layer import LayerSpec
 
 MODES = ("ok", "slow", "raise", "oom", "cuda", "exit", "hang")
 

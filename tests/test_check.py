@@ -18,13 +18,13 @@ import torch
 from torch import nn
 from user_layers import NonLocal, RegionConv
 
-from lrprof.audit import AuditOptions, run_audit
+from lrprof.build.ops import Impl, OpDef, register_op, unregister_op
+from lrprof.build.ops.cost import CostModel, Term
 from lrprof.cli import main
 from lrprof.measure.timing import TimingOptions
-from lrprof.ops import Impl, OpDef, register_op, unregister_op
-from lrprof.ops.cost import CostModel, Term
-from lrprof.schema import Param, Schema
-from lrprof.spec import LayerSpec
+from lrprof.profile.audit import AuditOptions, run_audit
+from lrprof.spec.layer import LayerSpec
+from lrprof.spec.params import Param, Schema
 
 LAYERS = str(Path(__file__).with_name("user_layers.py"))
 FAST = ["--min-time", "0.01", "--min-runs", "2", "--device", "cpu", "--no-stock"]
@@ -62,10 +62,11 @@ def failed(result):
 
 
 @pytest.mark.parametrize("target, args", [
-    ("lrprof/ops/local_relation.py:LocalRelation2d", ["--op", "lr", "--k", "5", "--m", "4"]),
-    ("lrprof/ops/local_relation.py:LocalRelation2d", ["--op", "lr", "--k", "3", "--m", "2", "--stride", "2"]),
-    ("lrprof/ops/sasa.py:SelfAttention2d", ["--op", "sasa", "--k", "5", "--heads", "4"]),
-    ("lrprof.ops.sasa:SelfAttention2d", ["--op", "sasa", "--k", "3", "--heads", "2", "--stride", "2"]),
+    ("lrprof/build/ops/local_relation.py:LocalRelation2d", ["--op", "lr", "--k", "5", "--m", "4"]),
+    ("lrprof/build/ops/local_relation.py:LocalRelation2d",
+     ["--op", "lr", "--k", "3", "--m", "2", "--stride", "2"]),
+    ("lrprof/build/ops/sasa.py:SelfAttention2d", ["--op", "sasa", "--k", "5", "--heads", "4"]),
+    ("lrprof.build.ops.sasa:SelfAttention2d", ["--op", "sasa", "--k", "3", "--heads", "2", "--stride", "2"]),
 ])
 def test_lrprofs_own_layers_pass_every_check(target, args, tmp_path, capsys):
     rc, out, err = run(capsys, "check", target, *args, "--channels", "8", "--size", "12", *FAST,
@@ -245,8 +246,8 @@ def test_a_local_layer_fails_against_a_global_operator(globalattn):
     """lrprof's local relation layer offered as the non-local block: its window is not the
     whole map, and it is not permutation equivariant."""
     spec = LayerSpec(op="globalattn", channels=8, height=10, width=10, device="cpu")
-    result = run_audit("lrprof/ops/local_relation.py:LocalRelation2d", spec, init={"kernel_size": 3, "m": 4},
-                       options=OPTIONS)
+    result = run_audit("lrprof/build/ops/local_relation.py:LocalRelation2d", spec,
+                       init={"kernel_size": 3, "m": 4}, options=OPTIONS)
     assert {"receptive field (gradient probe)", "permutation equivariance"} <= failed(result)
 
 
@@ -395,9 +396,9 @@ def test_the_readme_commands_run_as_written(tmp_path, capsys, monkeypatch):
 
 
 def test_names_match_without_case_or_underscores(globalattn, tmp_path):
-    from lrprof.audit.mapping import map_arguments
-    from lrprof.ops import get_op, resolve_spec
-    from lrprof.usermodule import load_target
+    from lrprof.build.ops import get_op, resolve_spec
+    from lrprof.build.usermodule import load_target
+    from lrprof.profile.audit.mapping import map_arguments
 
     path = tmp_path / "popular.py"
     path.write_text("from torch import nn\n\nclass NLBlock(nn.Module):\n"

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from lrprof.build.ops import resolve_spec
 from lrprof.cli import main
 from lrprof.measure.device import Environment
 from lrprof.measure.memory import CPU_METHOD, MemoryStats
 from lrprof.measure.timing import Stats
-from lrprof.ops import resolve_spec
-from lrprof.record import Record, Report
+from lrprof.record.records import Record, Report
 from lrprof.report import write_report
-from lrprof.spec import LayerSpec
+from lrprof.spec.layer import LayerSpec
 
 TIMING = "torch.utils.benchmark blocked_autorange after warm-up"
 
@@ -185,7 +185,7 @@ def test_slower_row_in_json(tmp_path, capsys):
     old, new = slowed_reports(tmp_path)
     rc, data = as_json(capsys, old, new)
     assert rc == 1
-    assert data["schema"] == "lrprof.compare/1"
+    assert data["schema"] == "lrprof.gate.compare/1"
     assert data["regression"] is True
     assert [(r["name"], r["status"]) for r in data["rows"]] == [
         ("row k7", "worse"), ("row k3", "worse"), ("row k5", "same")]

@@ -16,7 +16,7 @@ from lrprof.cli import main
 from lrprof.measure.device import Environment
 from lrprof.measure.memory import CPU_METHOD, MemoryStats
 from lrprof.measure.timing import Stats
-from lrprof.record import Record, Report, latency_columns, noise_columns
+from lrprof.record.records import Record, Report, latency_columns, noise_columns
 from lrprof.report import write_report
 
 RUNS = [1.00, 1.02, 0.99, 1.01, 0.98, 1.03, 1.00, 0.97, 1.02, 1.01]

@@ -6,10 +6,10 @@ import itertools
 import pytest
 import torch
 
+from lrprof.build.ops import get_op, resolve_spec
 from lrprof.cli import main
 from lrprof.measure import counting
-from lrprof.ops import get_op, resolve_spec
-from lrprof.spec import LayerSpec
+from lrprof.spec.layer import LayerSpec
 
 
 def naive_conv(x: torch.Tensor, weight: torch.Tensor, bias, stride: int, groups: int) -> torch.Tensor:

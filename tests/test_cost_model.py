@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from lrprof.ops.local_relation import LocalRelation2d, cost_of
+from lrprof.build.ops.local_relation import LocalRelation2d, cost_of
 
 
 @pytest.mark.parametrize("c,k,m,hidden", [(64, 7, 8, None), (100, 7, 8, None), (10, 3, 4, 5),

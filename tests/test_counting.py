@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
+from lrprof.build.ops.local_relation import LocalRelation2d, cost_of, num_groups
 from lrprof.measure import counting, stock
-from lrprof.ops.local_relation import LocalRelation2d, cost_of, num_groups
 
 GRID = [
     # (k, m, C, H, W, s, B)

@@ -1,10 +1,10 @@
 """A layer report with a global operator at several sizes says, in one line, where its
 quadratic term overtakes each local operator, in MACs and in latency."""
 
-from lrprof.layer import layer_report
 from lrprof.measure.device import Environment
 from lrprof.measure.timing import Stats
-from lrprof.record import Record
+from lrprof.profile.layer import layer_report
+from lrprof.record.records import Record
 from lrprof.report import render_markdown
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from lrprof.build.nets import create_net
+from lrprof.build.ops.local_relation import LocalRelation2d, cost_of
 from lrprof.measure import counting, rules
-from lrprof.nets import create_net
-from lrprof.ops.local_relation import LocalRelation2d, cost_of
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lrprof.ops.drconv import DRConv2d, NaiveDRConv2d, RouteByRegion
+from lrprof.build.ops.drconv import DRConv2d, NaiveDRConv2d, RouteByRegion
 
 TOL64 = 1e-12
 TOL32 = 1e-5

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
+from lrprof.build.ops.local_relation import LocalRelation2d
 from lrprof.cli import main
-from lrprof.errors import SpecError
-from lrprof.layer import MeasureOptions, profile_layer
 from lrprof.measure import counting
 from lrprof.measure.timing import TimingOptions
-from lrprof.ops.local_relation import LocalRelation2d
-from lrprof.spec import LayerSpec
+from lrprof.profile.layer import MeasureOptions, profile_layer
+from lrprof.spec.errors import SpecError
+from lrprof.spec.layer import LayerSpec
 
 SMALL = LayerSpec(channels=8, height=8, width=8, k=3, m=4, device="cpu")
 FAST = MeasureOptions(timing=TimingOptions(warmup=1, warmup_s=0, min_runs=2, min_time_s=0.01),

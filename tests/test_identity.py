@@ -5,17 +5,17 @@ which field differs, and a reader needs no knowledge of the operators."""
 import pytest
 import torch
 
-from lrprof import compare as cmp
+from lrprof.build.ops import resolve_spec
 from lrprof.cli import main
-from lrprof.errors import InputError
-from lrprof.layer import MeasureOptions, layer_report, profile_layers
+from lrprof.gate import compare as cmp
 from lrprof.measure.device import collect
 from lrprof.measure.memory import CPU_METHOD, MemoryStats
 from lrprof.measure.timing import Stats, TimingOptions
-from lrprof.ops import resolve_spec
-from lrprof.record import Record, Report
+from lrprof.profile.layer import MeasureOptions, layer_report, profile_layers
+from lrprof.record.records import Record, Report
 from lrprof.report import report_paths, write_report
-from lrprof.spec import LayerSpec
+from lrprof.spec.errors import InputError
+from lrprof.spec.layer import LayerSpec
 
 FAST_ARGS = ["--channels", "8", "--size", "8", "--k", "3", "--m", "4", "--min-time", "0.02",
              "--min-runs", "2", "--no-stock", "--device", "cpu", "--quiet"]

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-import lrprof.steps as steps_module
-from lrprof.layer import MeasureOptions, profile_layers
+import lrprof.profile.steps as steps_module
 from lrprof.measure.parts import Parts, time_parts_interleaved
 from lrprof.measure.timing import Stats, TimingOptions, time_interleaved
-from lrprof.netprofile import NetOptions, NetSpec, profile_nets
-from lrprof.spec import LayerSpec
+from lrprof.profile.layer import MeasureOptions, profile_layers
+from lrprof.profile.net import NetOptions, NetSpec, profile_nets
+from lrprof.spec.layer import LayerSpec
 
 CPU = torch.device("cpu")
 # Blocks of one call: each call (1 ms) is longer than the block target (0.02 s / 40 runs).

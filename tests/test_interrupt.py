@@ -16,7 +16,7 @@ import pytest
 
 from lrprof.cli.layer import partial_info
 from lrprof.measure.timing import Stats
-from lrprof.record import Record, partial_text
+from lrprof.record.records import Record, partial_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
+from lrprof.build.usermodule import ModuleSpec
 from lrprof.cli import main
 from lrprof.measure.timing import TimingOptions
-from lrprof.moduleprofile import ModuleOptions, profile_instance, profile_module
-from lrprof.usermodule import ModuleSpec
+from lrprof.profile.module import ModuleOptions, profile_instance, profile_module
 
 LAYERS = str(Path(__file__).with_name("user_layers.py"))
 FAST = ["--min-time", "0.01", "--min-runs", "2", "--device", "cpu"]

@@ -19,7 +19,7 @@ import random
 import pytest
 import torch
 
-from lrprof.ops.local_relation import LocalRelation2d
+from lrprof.build.ops.local_relation import LocalRelation2d
 
 PHIS = ("sqdiff", "absdiff", "mul")
 TOL64 = 1e-10

@@ -24,11 +24,11 @@ import pytest
 import torch
 from test_local_relation_reference import TOL32, TOL64, make_layer, ref_of, rel_err
 
-from lrprof.errors import SpecError
+from lrprof.build.ops import get_op
+from lrprof.build.ops.local_relation import LocalRelation2d, cost_of
+from lrprof.build.ops.lr_kernels import fused_cpu
 from lrprof.measure import counting, roofline
-from lrprof.ops import get_op
-from lrprof.ops.local_relation import LocalRelation2d, cost_of
-from lrprof.ops.lr_kernels import fused_cpu
+from lrprof.spec.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -271,7 +271,7 @@ def test_fused_reports_a_missing_compiler(monkeypatch) -> None:
 
 
 def test_impl_all_lists_what_cannot_run(monkeypatch) -> None:
-    from lrprof.grid import layer_grid
+    from lrprof.build.grid import layer_grid
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     grid = layer_grid("lr", {}, "all", device="cpu")
@@ -328,8 +328,8 @@ def test_ceilings_are_measured_once_per_process(monkeypatch) -> None:
 
 
 def test_net_impl_reaches_every_local_relation_layer_and_keeps_the_paper_identity() -> None:
-    from lrprof.netprofile import NetSpec, net_costs
-    from lrprof.nets import create_net
+    from lrprof.build.nets import create_net
+    from lrprof.profile.net import NetSpec, net_costs
 
     net = create_net("lr26", impl="fused")
     layers = [m for m in net.modules() if isinstance(m, LocalRelation2d)]

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import lrprof
-from lrprof.errors import SpecError
 from lrprof.measure import device as device_facts
 from lrprof.measure.memory import CPU_METHOD, MemoryStats, cpu_peak, peak_memory, tensor_bytes
 from lrprof.measure.timing import Stats, TimingOptions, time_callable, warm_up
+from lrprof.spec.errors import SpecError
 
 MIB = 2**20
 CPU = torch.device("cpu")

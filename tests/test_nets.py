@@ -5,14 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from lrprof.errors import SpecError
+from lrprof.build.nets import STAGES, create_net, display_name, get_net, list_nets
+from lrprof.build.nets.cost import costed_layers, exact_costs
+from lrprof.build.nets.paper import choice_rows, paper_checks
+from lrprof.build.ops.local_relation import LocalRelation2d
 from lrprof.measure import counting
 from lrprof.measure.timing import TimingOptions
-from lrprof.netprofile import NetOptions, NetSpec, net_costs, profile_net
-from lrprof.nets import STAGES, create_net, display_name, get_net, list_nets
-from lrprof.nets.cost import costed_layers, exact_costs
-from lrprof.nets.paper import choice_rows, paper_checks
-from lrprof.ops.local_relation import LocalRelation2d
+from lrprof.profile.net import NetOptions, NetSpec, net_costs, profile_net
+from lrprof.spec.errors import SpecError
 
 SMALL = 64
 NAMES = [n.name for n in list_nets()]
@@ -152,8 +152,8 @@ def test_a_table_not_reproduced_unexpectedly_fails_the_command(monkeypatch, caps
     reason exits 1; one we differ from by design says why and exits 0."""
     import dataclasses
 
+    from lrprof.build.nets import _NETS, PaperFigures
     from lrprof.cli import main
-    from lrprof.nets import _NETS, PaperFigures
 
     netdef = get_net("resnet26-sasa")
     wrong = PaperFigures("a table that prints twice the MACs", None, 2 * 2.342e9)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lrprof.build.nets import STAGES, create_net, get_net
+from lrprof.build.nets.paper import choice_rows, paper_checks
+from lrprof.build.nets.shufflenet import ShuffleUnit
+from lrprof.build.ops.drconv import DRConv2d
+from lrprof.build.ops.nonlocal_block import NonLocal2d
 from lrprof.measure import counting
-from lrprof.netprofile import NetSpec, net_costs
-from lrprof.nets import STAGES, create_net, get_net
-from lrprof.nets.paper import choice_rows, paper_checks
-from lrprof.nets.shufflenet import ShuffleUnit
-from lrprof.ops.drconv import DRConv2d
-from lrprof.ops.nonlocal_block import NonLocal2d
+from lrprof.profile.net import NetSpec, net_costs
 
 
 def _totals(name: str, **options) -> tuple[int, int]:

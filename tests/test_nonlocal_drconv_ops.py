@@ -9,15 +9,15 @@ import itertools
 import pytest
 import torch
 
+from lrprof.build.ops import get_op, resolve_spec
+from lrprof.build.ops.drconv import cost_of as drconv_cost
+from lrprof.build.ops.nonlocal_block import PAIRWISE
+from lrprof.build.ops.nonlocal_block import cost_of as nonlocal_cost
 from lrprof.cli import main
-from lrprof.layer import MeasureOptions, baseline_spec, profile_layers
 from lrprof.measure.counting import count
 from lrprof.measure.timing import TimingOptions
-from lrprof.ops import get_op, resolve_spec
-from lrprof.ops.drconv import cost_of as drconv_cost
-from lrprof.ops.nonlocal_block import PAIRWISE
-from lrprof.ops.nonlocal_block import cost_of as nonlocal_cost
-from lrprof.spec import LayerSpec
+from lrprof.profile.layer import MeasureOptions, baseline_spec, profile_layers
+from lrprof.spec.layer import LayerSpec
 
 
 def _built(spec: LayerSpec):

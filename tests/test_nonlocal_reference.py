@@ -15,7 +15,7 @@ import zlib
 import pytest
 import torch
 
-from lrprof.ops.nonlocal_block import PAIRWISE, NonLocal2d
+from lrprof.build.ops.nonlocal_block import PAIRWISE, NonLocal2d
 
 TOL64 = 1e-12
 TOL32 = 1e-5

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from lrprof.build.ops import Impl, OpDef, register_op, unregister_op
+from lrprof.build.ops.cost import CostModel, Term
 from lrprof.cli import main
-from lrprof.ops import Impl, OpDef, register_op, unregister_op
-from lrprof.ops.cost import CostModel, Term
-from lrprof.schema import Param, Schema
-from lrprof.spec import LayerSpec
+from lrprof.spec.layer import LayerSpec
+from lrprof.spec.params import Param, Schema
 
 FAST = ["--min-time", "0.02", "--min-runs", "2", "--no-stock", "--device", "cpu"]
 

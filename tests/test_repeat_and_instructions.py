@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrprof import replicate
 from lrprof.cli import main
-from lrprof.layer import MeasureOptions, prepare_spec, profile_layers
 from lrprof.measure import instructions, noise
 from lrprof.measure.timing import TimingOptions
-from lrprof.spec import LayerSpec
+from lrprof.profile import replicate
+from lrprof.profile.layer import MeasureOptions, prepare_spec, profile_layers
+from lrprof.spec.layer import LayerSpec
 
 TINY = ["--channels", "8", "--size", "8", "--k", "3", "--m", "4", "--no-stock", "--device", "cpu",
         "--min-time", "0.02", "--min-runs", "5", "--quiet"]

@@ -11,12 +11,11 @@ from datetime import datetime
 import pytest
 
 import lrprof.report as report_mod
-from lrprof.errors import SpecError
-from lrprof.layer import layer_report
 from lrprof.measure.device import Environment
 from lrprof.measure.memory import CPU_METHOD, MemoryStats
 from lrprof.measure.timing import Stats
-from lrprof.record import SCHEMA, Record, Report, parse_cell
+from lrprof.profile.layer import layer_report
+from lrprof.record.records import SCHEMA, Record, Report, parse_cell
 from lrprof.report import (
     check_writable,
     fmt,
@@ -28,6 +27,7 @@ from lrprof.report import (
     write_atomic,
     write_report,
 )
+from lrprof.spec.errors import SpecError
 
 TIMING = "torch.utils.benchmark blocked_autorange after warm-up"
 REQUIRED_COLUMNS = [

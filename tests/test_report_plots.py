@@ -50,7 +50,7 @@ def test_net_vs_per_layer_draws_shares_versus_and_layers(tmp_path_factory, name)
 
 def test_long_row_names_keep_what_tells_rows_apart() -> None:
     """Rows of one figure differ by their shape, dtype or a parameter: shortened names keep it."""
-    from lrprof.plots.layer import NAME_LIMIT, short_names
+    from lrprof.report.plots.layer import NAME_LIMIT, short_names
 
     sizes = [f"nonlocal[bmm] pairwise=embedded_gaussian C=64 {s}x{s} B=1" for s in (28, 56, 112)]
     short = short_names(sizes + ["conv[torch] k=3 s=1 C=64 56x56 B=1"])

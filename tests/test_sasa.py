@@ -16,14 +16,14 @@ import math
 import pytest
 import torch
 
+from lrprof.build.ops import get_op, resolve_spec
+from lrprof.build.ops import sasa as sasa_op
+from lrprof.build.ops import sasa_stem as stem_op
+from lrprof.build.ops.sasa import SelfAttention2d
+from lrprof.build.ops.sasa_stem import AttentionStem2d
 from lrprof.cli import main
 from lrprof.measure import counting
-from lrprof.ops import get_op, resolve_spec
-from lrprof.ops import sasa as sasa_op
-from lrprof.ops import sasa_stem as stem_op
-from lrprof.ops.sasa import SelfAttention2d
-from lrprof.ops.sasa_stem import AttentionStem2d
-from lrprof.spec import LayerSpec
+from lrprof.spec.layer import LayerSpec
 
 TOL64 = 1e-10
 TOL32 = 1e-5

@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
+from lrprof.build.nets import STAGES, create_net, get_net
+from lrprof.build.nets.paper import choice_rows, paper_checks
+from lrprof.build.nets.resnet import Bottleneck
+from lrprof.build.ops.sasa import SelfAttention2d
+from lrprof.build.ops.sasa_stem import AttentionStem2d
 from lrprof.cli import main
-from lrprof.errors import SpecError
 from lrprof.measure import counting
 from lrprof.measure.timing import TimingOptions
-from lrprof.netprofile import NetOptions, NetSpec, net_costs, profile_net
-from lrprof.nets import STAGES, create_net, get_net
-from lrprof.nets.paper import choice_rows, paper_checks
-from lrprof.nets.resnet import Bottleneck
-from lrprof.ops.sasa import SelfAttention2d
-from lrprof.ops.sasa_stem import AttentionStem2d
+from lrprof.profile.net import NetOptions, NetSpec, net_costs, profile_net
+from lrprof.spec.errors import SpecError
 
 BLOCKS = {"sasa26": [1, 2, 4, 1], "sasa38": [2, 3, 5, 2], "sasa50": [3, 4, 6, 3],
           "sasa26-full": [1, 2, 4, 1], "sasa50-full": [3, 4, 6, 3],

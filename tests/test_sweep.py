@@ -18,18 +18,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lrprof.build.grid import config_key, expand_list, layer_grid
+from lrprof.build.ops import unregister_op
 from lrprof.cli import main
-from lrprof.errors import InputError, SpecError
-from lrprof.grid import config_key, expand_list, layer_grid
-from lrprof.layer import MeasureOptions
 from lrprof.measure.device import collect
 from lrprof.measure.timing import Stats, TimingOptions
-from lrprof.merge import merge_rows
-from lrprof.ops import unregister_op
-from lrprof.progress import Progress
-from lrprof.record import Record
-from lrprof.store import RowLine, RowWriter, read_rows
-from lrprof.sweep import Shard, SweepConfig, estimated_cost, plan_sweep, run_sweep, shard_indices
+from lrprof.profile.layer import MeasureOptions
+from lrprof.profile.progress import Progress
+from lrprof.record.records import Record
+from lrprof.spec.errors import InputError, SpecError
+from lrprof.sweep.merge import merge_rows
+from lrprof.sweep.run import Shard, SweepConfig, estimated_cost, plan_sweep, run_sweep, shard_indices
+from lrprof.sweep.store import RowLine, RowWriter, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -218,7 +218,7 @@ def test_resume_after_sigkill_measures_no_row_twice_and_loses_none(tmp_path, fau
     assert 2 <= len(kept) < 8
     # a torn last line, as a kill in the middle of a write leaves it
     with open(rows, "a") as handle:
-        handle.write('{"schema":"lrprof.sweep/1","type":"row","key":"{\\"op')
+        handle.write('{"schema":"lrprof.sweep.run/1","type":"row","key":"{\\"op')
     resumed = run_sweep(
         SweepConfig(ops="faulty", params={"mode": "slow"}, channels="1:8", size="4", device="cpu",
                     options=FAST, threads=1, imports=("sweep_faulty",), isolate=False),
@@ -240,7 +240,7 @@ def test_a_torn_tail_is_ignored_then_cut(tmp_path):
         writer.header(environment={}, grid={"configs": [record.config]})
         writer.row(RowLine(config_key(record.config), record, 0))
     with open(path, "a") as handle:
-        handle.write('{"schema":"lrprof.sweep/1","type":"ro')
+        handle.write('{"schema":"lrprof.sweep.run/1","type":"ro')
     contents = read_rows(path)
     assert contents.torn_tail and len(contents.rows) == 1 and not contents.bad_lines
     with RowWriter(path) as writer:
@@ -256,7 +256,7 @@ def test_failing_rows_are_recorded_and_the_worker_replaced(tmp_path, faulty):
     """Each way a row can fail, in one sweep, rows in worker processes: the sweep goes on,
     each failure has its reason, and after a crash, a hang or a context-breaking error the
     next row runs in a fresh worker."""
-    from lrprof.worker import CRASHED, ERROR, KERNEL_ERROR, OUT_OF_MEMORY, TIMEOUT
+    from lrprof.sweep.worker import CRASHED, ERROR, KERNEL_ERROR, OUT_OF_MEMORY, TIMEOUT
 
     modes = ["raise", "oom", "cuda", "exit", "hang", "ok"]
     config = SweepConfig(ops="faulty", params={"mode": ",".join(modes)}, channels="2", size="4",
@@ -282,7 +282,7 @@ def test_failing_rows_are_recorded_and_the_worker_replaced(tmp_path, faulty):
 
 
 def _kind(error):
-    from lrprof.worker import failure_kind
+    from lrprof.sweep.worker import failure_kind
 
     return failure_kind(error)
 
@@ -393,7 +393,7 @@ def _synthetic(op: str, impl: str, macs: float, ms: float, noise: float, rng, **
 
 
 def test_fits_recover_a_known_power_law_and_name_the_outlier():
-    from lrprof.fits import fit_records
+    from lrprof.sweep.fits import fit_records
 
     rng = np.random.default_rng(1)
     records = []
@@ -415,8 +415,8 @@ def test_fits_recover_a_known_power_law_and_name_the_outlier():
 
 
 def test_plots_are_written_and_the_crossover_found_where_it_is(tmp_path):
-    from lrprof.fits import fit_records
-    from lrprof.plots import crossovers, plot_bandwidth, sweep_plots
+    from lrprof.report.plots import crossovers, plot_bandwidth, sweep_plots
+    from lrprof.sweep.fits import fit_records
 
     rng = np.random.default_rng(2)
     records = []

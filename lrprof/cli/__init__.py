@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from lrprof.errors import InputError, SpecError, require_int
+from lrprof.spec.errors import InputError, SpecError, require_int
 
 app = typer.Typer(
     add_completion=False,
@@ -77,13 +77,13 @@ def out_dir(out: Path | None) -> Path | None:
 
 def emit(report, out: Path | None, quiet: bool, paths=None, plots: bool = True) -> list[Path]:
     """Print the terminal view, draw the plots beside the markdown, write the reports."""
-    from lrprof.errors import describe
     from lrprof.report import render_terminal, report_paths, write_report
+    from lrprof.spec.errors import describe
 
     paths = paths or report_paths(report.command, out)
     if plots:
         try:
-            from lrprof.plots import report_figures
+            from lrprof.report.plots import report_figures
 
             report.figures = report_figures(report, paths["md"])
         except Exception as exc:  # a picture that cannot be drawn costs no figure

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from lrprof.cli import EXIT_FAILED, argv, emit, failures, out_dir, set_threads
-from lrprof.errors import SpecError
+from lrprof.spec.errors import SpecError
 
 MODULE_ONLY = ("init", "input", "compile")  # options that mean nothing without --module
 NOT_WITH_MODULE = ("op", "impl", "channels", "size", "batch")  # the module and --input say these
@@ -22,7 +22,7 @@ NOT_WITH_MODULE_FLAGS = ("instructions",)  # replicated and callgrind runs rebui
 def user_code() -> Iterator[None]:
     """The user's class failing to import, build or run: one line, exit 1 (the
     implementation failed, not the command line)."""
-    from lrprof.usermodule import ModuleFailure
+    from lrprof.build.usermodule import ModuleFailure
 
     try:
         yield
@@ -48,11 +48,11 @@ def module_mode(common: dict[str, Any]) -> bool:
 def module_layer(common: dict[str, Any], flags: dict[str, Any], op_params: dict[str, Any],
                  declared: list[tuple]) -> None:
     """`lrprof layer --module ...`: raises typer.Exit with the run's status."""
+    from lrprof.build.usermodule import ModuleSpec
     from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
-    from lrprof.moduleprofile import ModuleOptions, module_report, profile_module
-    from lrprof.spec import resolve_device
-    from lrprof.usermodule import ModuleSpec
+    from lrprof.profile.module import ModuleOptions, module_report, profile_module
+    from lrprof.spec.layer import resolve_device
 
     if op_params:
         name = sorted(op_params)[0]

@@ -53,10 +53,10 @@ ARGUMENTS = (inspect.Parameter(
 
 
 def check(**options: Any) -> None:
-    from lrprof.audit import AuditOptions, audit_report, run_audit
     from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
-    from lrprof.spec import LayerSpec, parse_size, resolve_device
+    from lrprof.profile.audit import AuditOptions, audit_report, run_audit
+    from lrprof.spec.layer import LayerSpec, parse_size, resolve_device
 
     target = options.pop("target")
     common = {name: options.pop(name) for name, *_ in COMMON}

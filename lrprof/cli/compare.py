@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lrprof.cli import EXIT_FAILED, app, helptext, out_dir
-from lrprof.errors import SpecError
+from lrprof.spec.errors import SpecError
 
 
 @app.command(epilog=helptext.COMPARE)
@@ -37,7 +37,7 @@ def compare(
     out: Annotated[Path | None, typer.Option(help="also write DIR/compare.{md,csv,json}")] = None,
 ) -> None:
     """Compare two reports: exit 0 without regression, 1 with one, 2 on bad input."""
-    from lrprof import compare as cmp
+    from lrprof.gate import compare as cmp
     from lrprof.report import write_atomic
 
     if format_ not in cmp.RENDERERS:

@@ -48,7 +48,7 @@ MERGE = epilog(
     writes="OUT/sweep.{md,csv,json} and its PNG plots, from every rows file found.",
 )
 CHECK = epilog(
-    "lrprof check lrprof/ops/local_relation.py:LocalRelation2d --op lr --channels 64 --k 7 --m 8",
+    "lrprof check lrprof/build/ops/local_relation.py:LocalRelation2d --op lr --channels 64 --k 7 --m 8",
     "lrprof check examples/my_layers.py:LocalAttention --op sasa --channels 64 --k 7 --heads 8",
     writes=("reports/check-<date>-<time>.{md,csv,json} by default; --out DIR writes "
             "DIR/check.{md,csv,json} instead."),

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from lrprof.cli import app, argv, emit, failures, helptext, noise_warnings, on_interrupt, out_dir, set_threads
-from lrprof.errors import SpecError
+from lrprof.spec.errors import SpecError
 
 UNFINISHED_EVERY_S = 2.0  # the unfinished report is rewritten at most this often
 PROGRESS_DELAY_S = 2.0  # shorter work shows no progress at all
@@ -60,7 +60,7 @@ FLAGS: list[tuple[str, str, bool, str]] = [
 def operator_params() -> dict[str, Any]:
     """Every operator parameter by name, with the operators that take it (a name two
     operators share must mean the same type)."""
-    from lrprof.ops import list_ops
+    from lrprof.build.ops import list_ops
 
     found: dict[str, Any] = {}
     for op in list_ops():
@@ -108,15 +108,15 @@ def command_signature(common: list[tuple] = COMMON, flags: list[tuple] = FLAGS,
 
 
 def layer(**options: Any) -> None:
+    from lrprof.build.grid import layer_grid
     from lrprof.cli import byo
-    from lrprof.grid import layer_grid
-    from lrprof.layer import MeasureOptions, layer_report, prepare_spec, profile_layers
     from lrprof.measure import instructions
     from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
-    from lrprof.progress import Progress
+    from lrprof.profile.layer import MeasureOptions, layer_report, prepare_spec, profile_layers
+    from lrprof.profile.progress import Progress
     from lrprof.report import report_paths, write_report
-    from lrprof.spec import resolve_device
+    from lrprof.spec.layer import resolve_device
 
     common = {name: options.pop(name) for name, *_ in COMMON}
     flags = {name: options.pop(name) for name, *_ in FLAGS}

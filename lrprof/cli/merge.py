@@ -27,7 +27,7 @@ def merge(
     Example: lrprof merge runs/ --out reports/sweep
     """
     from lrprof.cli.sweep import write_sweep_report
-    from lrprof.merge import merge_rows
+    from lrprof.sweep.merge import merge_rows
 
     merged = merge_rows(paths, allow_mixed=allow_mixed)
     out_dir(out)

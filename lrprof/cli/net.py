@@ -9,7 +9,7 @@ import typer
 
 from lrprof.cli import app, argv, emit, failures, helptext, noise_warnings, on_interrupt, out_dir, set_threads
 from lrprof.cli.layer import PROGRESS_DELAY_S
-from lrprof.errors import SpecError
+from lrprof.spec.errors import SpecError
 
 
 @app.command(epilog=helptext.NET)
@@ -42,13 +42,13 @@ def net(
     quiet: Annotated[bool, typer.Option("--quiet", help="print only the paths written")] = False,
 ) -> None:
     """Profile a whole network: totals, stages, layers, and the paper's table."""
+    from lrprof.build.nets import list_nets
     from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
-    from lrprof.netprofile import NetOptions, NetSpec, net_report, profile_nets
-    from lrprof.nets import list_nets
-    from lrprof.progress import Progress
+    from lrprof.profile.net import NetOptions, NetSpec, net_report, profile_nets
+    from lrprof.profile.progress import Progress
     from lrprof.report import report_paths, write_report
-    from lrprof.spec import parse_size, resolve_device
+    from lrprof.spec.layer import parse_size, resolve_device
 
     if list_:
         nets = list_nets()
@@ -117,7 +117,7 @@ def partial_info(why: str | None, profiles: list, planned: list[str]) -> dict:
 
 
 def _net_options(name: str) -> dict:
-    from lrprof.nets import get_net
+    from lrprof.build.nets import get_net
 
     try:
         return get_net(name).options
@@ -127,8 +127,8 @@ def _net_options(name: str) -> dict:
 
 def _check_impl(impl: str, device, dtype: str) -> None:
     """The local relation implementation exists and runs on this device and dtype."""
-    from lrprof.layer import available_impls
-    from lrprof.ops import get_op
+    from lrprof.build.ops import get_op
+    from lrprof.profile.layer import available_impls
 
     op = get_op("lr")
     reason = op.impl(impl).unavailable_reason(device, dtype)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from lrprof.cli import app, helptext
-from lrprof.errors import SpecError
+from lrprof.spec.errors import SpecError
 
 FORMATS = ("text", "markdown", "json")
 
@@ -23,7 +23,7 @@ def ops(
     """List the operators: parameters (defaults, ranges), implementations (available here, or
     why not) and exact cost models."""
     from lrprof.report.ops import catalogue, render
-    from lrprof.spec import resolve_device, resolve_dtype
+    from lrprof.spec.layer import resolve_device, resolve_dtype
 
     if format_ not in FORMATS:
         raise SpecError("format", f"one of {', '.join(FORMATS)}", format_)

@@ -12,7 +12,7 @@ import typer
 
 from lrprof.cli import EXIT_FAILED, EXIT_OK, app, argv, emit, failures, helptext, out_dir, set_threads
 from lrprof.cli.layer import schema_options
-from lrprof.errors import InputError, SpecError
+from lrprof.spec.errors import InputError, SpecError
 
 HELP = """Measure a grid of layer configurations and check how cost grows against the model.
 
@@ -80,10 +80,10 @@ def _timeout(value: float) -> float | None:
 
 
 def build_config(common: dict[str, Any], flags: dict[str, Any], op_params: dict[str, Any]):
-    from lrprof.layer import MeasureOptions
     from lrprof.measure.timing import TimingOptions
-    from lrprof.schema import split_list
-    from lrprof.sweep import SweepConfig
+    from lrprof.profile.layer import MeasureOptions
+    from lrprof.spec.params import split_list
+    from lrprof.sweep.run import SweepConfig
 
     if common["baseline"] not in ("conv3x3", "none"):
         raise SpecError("baseline", "conv3x3 or none", common["baseline"])
@@ -110,7 +110,7 @@ def build_config(common: dict[str, Any], flags: dict[str, Any], op_params: dict[
 
 
 def dry_run_text(plan, shard) -> str:
-    from lrprof.sweep import shard_indices
+    from lrprof.sweep.run import shard_indices
 
     by_op: dict[str, int] = {}
     for spec in plan.specs:
@@ -133,7 +133,7 @@ def dry_run_text(plan, shard) -> str:
 
 
 def _invalid(plan) -> list[dict[str, Any]]:
-    from lrprof.sweep import invalid_entries
+    from lrprof.sweep.run import invalid_entries
 
     return invalid_entries(plan)
 
@@ -141,9 +141,9 @@ def _invalid(plan) -> list[dict[str, Any]]:
 def write_sweep_report(merged, out: Path | None, quiet: bool, plots: bool,
                        wall_s: float | None = None) -> int:
     """Fits, plots and the report of merged rows; the exit status they mean."""
-    from lrprof.fits import fit_records
     from lrprof.report import report_paths
     from lrprof.report.sweep import sweep_report
+    from lrprof.sweep.fits import fit_records
 
     paths = report_paths("sweep", out)
     md = paths["md"]
@@ -151,7 +151,7 @@ def write_sweep_report(merged, out: Path | None, quiet: bool, plots: bool,
     made = []
     if plots and merged.records:
         try:
-            from lrprof.plots import sweep_plots
+            from lrprof.report.plots import sweep_plots
         except ImportError as exc:
             typer.echo(f"lrprof: plots skipped: {exc} (pip install matplotlib)", err=True)
         else:
@@ -169,8 +169,8 @@ def write_sweep_report(merged, out: Path | None, quiet: bool, plots: bool,
 
 
 def _submit(config, plan, common: dict[str, Any], flags: dict[str, Any]) -> int:
-    from lrprof.merge import merge_rows
-    from lrprof.sweep import slurm_executor, submit_array
+    from lrprof.sweep.merge import merge_rows
+    from lrprof.sweep.run import slurm_executor, submit_array
 
     out = out_dir(common["out"])
     count = common["shards"] or min(common["array_parallelism"], len(plan.specs))
@@ -211,7 +211,7 @@ def _plan(config, slurm: bool):
     node without a GPU) is checked by the tasks, and the grid is checked here on the CPU."""
     import dataclasses
 
-    from lrprof.sweep import plan_sweep
+    from lrprof.sweep.run import plan_sweep
 
     try:
         return plan_sweep(config)
@@ -222,8 +222,8 @@ def _plan(config, slurm: bool):
 
 
 def sweep(**options: Any) -> None:
-    from lrprof.merge import merge_rows
-    from lrprof.sweep import Shard, run_sweep
+    from lrprof.sweep.merge import merge_rows
+    from lrprof.sweep.run import Shard, run_sweep
 
     common = {name: options.pop(name) for name, *_ in COMMON}
     flags = {name: options.pop(name) for name, *_ in FLAGS}
@@ -268,7 +268,7 @@ def sweep(**options: Any) -> None:
 
 
 def _row_walls(path: Path) -> list[float]:
-    from lrprof.store import read_rows
+    from lrprof.sweep.store import read_rows
 
     return [line.wall_s or 0.0 for line in read_rows(path).rows]
 

@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from lrprof.errors import SpecError
-from lrprof.record import Record
-from lrprof.spec import LayerSpec
+from lrprof.record.records import Record
+from lrprof.spec.errors import SpecError
+from lrprof.spec.layer import LayerSpec
 
 NUMBER = 5  # calls collected per row and phase
 WARMUP = 3
@@ -66,8 +66,8 @@ def dump_total(text: str) -> int:
 def count_rows(rows: Sequence[tuple[LayerSpec, Record]], backward: bool, seed: int) -> None:
     """Instructions per call of every row's phases into `record.exact["<phase>_instructions"]`;
     a failure is added to each row's error."""
-    from lrprof.replicate import child_env, spec_to_dict
-    from lrprof.steps import add_error
+    from lrprof.profile.replicate import child_env, spec_to_dict
+    from lrprof.profile.steps import add_error
 
     if not rows:
         return
@@ -111,9 +111,9 @@ def _collect(fn: Any, number: int) -> None:
 
 def worker(request: dict[str, Any]) -> list[dict[str, Any]]:
     """Count every row; returns the manifest (what each dump, in order, holds)."""
-    from lrprof.errors import describe
-    from lrprof.replicate import build_row, spec_from_dict
-    from lrprof.steps import phase_calls
+    from lrprof.profile.replicate import build_row, spec_from_dict
+    from lrprof.profile.steps import phase_calls
+    from lrprof.spec.errors import describe
 
     torch.set_num_threads(1)
     subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True,

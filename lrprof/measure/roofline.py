@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lrprof.spec import DTYPES
+from lrprof.spec.layer import DTYPES
 
 MIB = 2**20
 # Large enough to leave the caches: twice the 32 MiB L3 of this project's CPUs, or a

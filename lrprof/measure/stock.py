@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrprof.errors import describe
 from lrprof.measure import rules
 from lrprof.measure.counting import CountResult
+from lrprof.spec.errors import describe
 
 # fvcore's handles name their results by family, not by aten op.
 FVCORE_FAMILIES = {

@@ -141,7 +141,7 @@ class TimingOptions:
     min_time_s: float = 0.5
 
     def __post_init__(self) -> None:
-        from lrprof.errors import SpecError, require_int
+        from lrprof.spec.errors import SpecError, require_int
 
         require_int("min-runs", self.min_runs, 2)
         if not math.isfinite(self.min_time_s) or self.min_time_s <= 0:

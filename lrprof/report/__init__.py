@@ -15,9 +15,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from lrprof.errors import SpecError
-from lrprof.record import Report, Section, partial_text
+from lrprof.record.records import Report, Section, partial_text
 from lrprof.report.numbers import fmt, latency_text  # noqa: F401  (re-exported for renderers)
+from lrprof.spec.errors import SpecError
 
 FORMATS = ("md", "csv", "json")
 

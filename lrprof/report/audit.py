@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lrprof.audit.probes import MOVE_TOLERANCE, TOLERANCE
 from lrprof.measure import device as device_facts
-from lrprof.record import Record, Report, Section
+from lrprof.profile.audit.probes import MOVE_TOLERANCE, TOLERANCE
+from lrprof.record.records import Record, Report, Section
 from lrprof.report import latency_text
 from lrprof.report.layer import stock_rows
 from lrprof.report.numbers import mib, runs_text
 
 if TYPE_CHECKING:
-    from lrprof.audit import Audit
+    from lrprof.profile.audit import Audit
 
 def check_rows(audit: Audit) -> list[dict[str, Any]]:
     return [{"check": r.check, "result": r.status, "measured": r.measured,
@@ -106,6 +106,6 @@ def audit_report(audit: Audit, argv: list[str] | None = None,
 
 
 def _reference(op: str) -> str:
-    from lrprof.ops import get_op
+    from lrprof.build.ops import get_op
 
     return get_op(op).reference_impl

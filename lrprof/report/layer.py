@@ -11,7 +11,7 @@ import torch
 
 from lrprof.measure import device as device_facts
 from lrprof.measure import noise, roofline
-from lrprof.record import Record, Report, Section
+from lrprof.record.records import Record, Report, Section
 from lrprof.report import latency_text
 from lrprof.report.numbers import fmt, mib, runs_text
 
@@ -196,7 +196,7 @@ def crossover_rows(records: list[Record]) -> tuple[list[dict[str, Any]], str]:
     """Where a global operator (non-local) overtakes each local one as H x W grows, in
     counted MACs and in measured latency, from the rows of this report; and the summary
     line. Empty without a global operator measured at two sizes or more."""
-    from lrprof.plots.sweep import GLOBAL_OPS, crossings
+    from lrprof.report.plots.sweep import GLOBAL_OPS, crossings
 
     if not any(r.config.get("op") in GLOBAL_OPS for r in records):
         return [], ""

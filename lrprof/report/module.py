@@ -10,11 +10,11 @@ import torch
 
 from lrprof.measure import device as device_facts
 from lrprof.measure.parts import METHOD as HOOK_METHOD
-from lrprof.record import Record, Report, Section
+from lrprof.record.records import Record, Report, Section
 from lrprof.report.layer import LAYER_LEGEND, memory_rows, stock_rows, summary_essentials, summary_rows
 
 if TYPE_CHECKING:
-    from lrprof.moduleprofile import ModuleProfile
+    from lrprof.profile.module import ModuleProfile
 
 def part_rows(parts: list[Record]) -> list[dict[str, Any]]:
     rows = []

@@ -7,18 +7,24 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lrprof.build.nets import get_net
+from lrprof.build.nets.cost import exact_by_layer
+from lrprof.build.nets.paper import (
+    MACS_TOLERANCE_PCT,
+    PAPER_INPUT,
+    PARAMS_TOLERANCE_PCT,
+    choice_rows,
+    paper_checks,
+)
 from lrprof.measure import device as device_facts
 from lrprof.measure import noise
 from lrprof.measure.parts import METHOD as HOOK_METHOD
-from lrprof.nets import get_net
-from lrprof.nets.cost import exact_by_layer
-from lrprof.nets.paper import MACS_TOLERANCE_PCT, PAPER_INPUT, PARAMS_TOLERANCE_PCT, choice_rows, paper_checks
-from lrprof.record import Report, Section
+from lrprof.record.records import Report, Section
 from lrprof.report import latency_text
 from lrprof.report.numbers import fmt, mib, runs_text
 
 if TYPE_CHECKING:
-    from lrprof.netprofile import NetProfile
+    from lrprof.profile.net import NetProfile
 
 
 NET_MS, NET_BWD_MS = "fwd ms, median [IQR]", "fwd+bwd ms, median [IQR]"

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lrprof.fits import GroupFit
-from lrprof.merge import Merged
-from lrprof.plots import GLOBAL_OPS, Plot, crossovers
-from lrprof.record import Report, Section
+from lrprof.record.records import Report, Section
 from lrprof.report.layer import check_rows, summary_rows
-from lrprof.worker import failure_kind
+from lrprof.report.plots import GLOBAL_OPS, Plot, crossovers
+from lrprof.sweep.fits import GroupFit
+from lrprof.sweep.merge import Merged
+from lrprof.sweep.worker import failure_kind
 
 FIT_NOTE = (
     "fits: least squares of log y on log x over the group's rows; exponent 1 = proportional. "

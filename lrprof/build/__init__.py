@@ -1,0 +1,1 @@
+"""build: see lrprof/__init__.py for the layout."""

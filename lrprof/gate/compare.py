@@ -1,0 +1,635 @@
+"""Two reports in, a regression verdict out.
+
+Rows are matched by their configuration. Exact figures (parameters, MACs) must be equal:
+a difference is a change of the model. Instruction counts (`--instructions`) are nearly
+deterministic and gated by their own small threshold. Latency regresses only when the
+change of the median is past the threshold AND significant: the 99 % two-level bootstrap
+interval of the ratio of medians (processes, then runs within each; `lrprof.gate.stats`)
+excludes 1. Reports without raw samples fall back to the older rule: the two runs' spreads
+(IQR, min-max under 4 runs) must not overlap. Memory uses that spread rule.
+
+`normalize="baseline"` gates each row's latency relative to the 3x3 conv baseline row timed
+in the same run (same processes), which cancels the speed of the machine.
+
+Every value decided on is validated first (`lrprof.record.validate`): a NaN, a negative, a
+string or a null where a figure belongs, or a figure the old row has and the new row lacks,
+is one input error naming the file, the row and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lrprof.gate import stats as gate_stats
+from lrprof.measure import noise
+from lrprof.measure.memory import MemoryStats
+from lrprof.measure.timing import Stats
+from lrprof.record.records import (
+    ENV_COLUMNS,
+    EXACT_COLUMNS,
+    INSTRUCTION_COLUMNS,
+    PHASES,
+    SCHEMA,
+    Record,
+    parse_cell,
+    partial_text,
+)
+from lrprof.record.validate import check_csv_row, check_json_record
+from lrprof.report import fmt
+from lrprof.report.numbers import plural
+from lrprof.spec.errors import InputError, SpecError
+
+WORSE, MODEL, ERROR, NOISE, BETTER, SAME = "worse", "model change", "error", "noise", "better", "same"
+NOT_COMPARED = "not compared"  # nothing in common to compare (the old row failed): never "same"
+SEVERITY = {ERROR: 0, MODEL: 1, WORSE: 2, NOT_COMPARED: 3, NOISE: 4, BETTER: 5, SAME: 6}
+FAILING = {ERROR, MODEL, WORSE}
+MIN_RUNS_FOR_IQR = 4
+NORMALIZE = ("none", "baseline")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_slowdown: float = 0.10  # fraction: 0.10 = 10 %
+    max_memory_growth: float = 0.05
+    max_instruction_growth: float = 0.01
+    allow_model_change: bool = False
+    require_all: bool = False  # a baseline row missing from the new report fails
+    normalize: str = "none"  # "baseline": latency relative to the same run's 3x3 conv row
+    confidence: float = gate_stats.CONFIDENCE
+
+
+@dataclass
+class Loaded:
+    path: Path
+    records: list[Record]
+    environment: dict[str, Any]
+    partial: str | None = None  # why the report is incomplete, if it is
+
+    def by_name(self) -> dict[str, Record]:
+        found: dict[str, Record] = {}
+        for r in self.records:
+            found.setdefault(r.name, r)
+        return found
+
+
+@dataclass
+class MetricChange:
+    metric: str
+    old: float | int | None
+    new: float | int | None
+    change_pct: float | None
+    status: str
+    why: str = ""
+    # latency: the ratio's bootstrap interval and the Mann-Whitney p of the pooled runs
+    test: dict[str, Any] | None = None
+
+
+@dataclass
+class RowResult:
+    kind: str
+    name: str
+    config: dict[str, Any]
+    status: str
+    metrics: list[MetricChange] = field(default_factory=list)
+    unreliable: list[str] = field(default_factory=list)  # why a timing is not to be trusted
+
+    @property
+    def worst_change(self) -> float:
+        changes = [m.change_pct for m in self.metrics if m.status == self.status and m.change_pct]
+        return max((abs(c) for c in changes), default=0.0)
+
+
+@dataclass
+class Comparison:
+    old: Path
+    new: Path
+    rows: list[RowResult]
+    only_old: list[str]
+    only_new: list[str]
+    warnings: list[str]
+    thresholds: Thresholds
+    # per unmatched row: where it is, its nearest row on the other side, the fields that differ
+    unmatched: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failing(self) -> list[RowResult]:
+        """Rows with a failing metric; with allow_model_change a changed model alone does
+        not fail, but its latency and memory are still gated."""
+        gated = FAILING - {MODEL} if self.thresholds.allow_model_change else FAILING
+        return [r for r in self.rows if any(m.status in gated for m in r.metrics)]
+
+    @property
+    def missing_fails(self) -> bool:
+        return self.thresholds.require_all and bool(self.only_old)
+
+    @property
+    def regression(self) -> bool:
+        return bool(self.failing) or self.missing_fails
+
+    @property
+    def unreliable(self) -> list[RowResult]:
+        return [r for r in self.rows if r.unreliable]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "lrprof.gate.compare/1",
+            "old": str(self.old),
+            "new": str(self.new),
+            "regression": self.regression,
+            "thresholds": asdict(self.thresholds),
+            "warnings": self.warnings,
+            "only_in_old": self.only_old,
+            "only_in_new": self.only_new,
+            "unmatched": self.unmatched,
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+
+def parse_percent(text: str, param: str) -> float:
+    """'10%' or '10' -> 0.10."""
+    raw = str(text).strip().rstrip("%").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SpecError(param, "a percentage such as 10% (a bare number is read as percent)",
+                        text) from None
+    if not math.isfinite(value) or value < 0:
+        raise SpecError(param, "a finite percentage >= 0", text)
+    return value / 100.0
+
+
+def load(path: Path) -> Loaded:
+    """A report written by lrprof, as JSON or CSV; anything else is a one-line input error."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such report file")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:
+            raise InputError(f"{path}: not valid JSON (nested too deeply)") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise InputError(f"{path}: not an lrprof report (expected schema {SCHEMA})")
+        if not isinstance(data.get("records"), list):
+            raise InputError(f"{path}: malformed lrprof report (records: a list expected)")
+        for index, raw in enumerate(data["records"]):
+            check_json_record(path, index, raw)
+        try:
+            records = [Record.from_dict(r) for r in data["records"]]
+            env = dict(data["environment"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{path}: malformed lrprof report ({exc})") from None
+        partial = data.get("partial")
+        return Loaded(path, records, env, partial_text(partial) if isinstance(partial, dict) else None)
+    if path.suffix.lower() == ".csv":
+        try:
+            rows = list(csv.DictReader(text.splitlines()))
+        except csv.Error as exc:
+            raise InputError(f"{path}: not a readable CSV file ({exc})") from None
+        if not rows or "kind" not in rows[0] or "name" not in rows[0]:
+            raise InputError(f"{path}: not an lrprof CSV report (needs kind and name columns)")
+        typed = [{k: parse_cell(v or "") for k, v in row.items() if k is not None} for row in rows]
+        for index, row in enumerate(typed):
+            check_csv_row(path, index, row)
+        try:
+            records = [Record.from_row(row) for row in typed]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{path}: malformed lrprof CSV report ({exc})") from None
+        env = {c: rows[0].get(c) for c in ENV_COLUMNS if rows[0].get(c)}
+        env["device"] = rows[0].get("device")
+        return Loaded(path, records, env, rows[0].get("partial_report") or None)
+    raise InputError(f"{path}: unknown report format (expected .json or .csv)")
+
+
+def _key(record: Record) -> tuple:
+    return (record.kind, *sorted((k, str(v)) for k, v in record.config.items()))
+
+
+def differing_fields(a: Record, b: Record) -> list[tuple[str, Any, Any]]:
+    """The identity fields where two rows differ: (field, a's value, b's value); a field
+    only one of them has differs too."""
+    fields = list(dict.fromkeys([*a.config, *b.config]))
+    return [(f, a.config.get(f), b.config.get(f)) for f in fields
+            if str(a.config.get(f)) != str(b.config.get(f))]
+
+
+def nearest(record: Record, candidates: list[Record]) -> tuple[Record, list[tuple[str, Any, Any]]] | None:
+    """The candidate of the same kind whose identity differs in the fewest fields."""
+    same_kind = [c for c in candidates if c.kind == record.kind]
+    if not same_kind:
+        return None
+    best = min(same_kind, key=lambda c: len(differing_fields(c, record)))
+    return best, differing_fields(best, record)
+
+
+def unmatched_entry(record: Record, candidates: list[Record], where: str) -> dict[str, Any]:
+    """An unmatched row, its nearest row on the other side and the fields that differ
+    (values given as this row's, then the nearest's)."""
+    found = nearest(record, candidates)
+    entry: dict[str, Any] = {"in": where, "name": record.name, "nearest": None, "differs": []}
+    if found is not None:
+        other, diffs = found
+        entry["nearest"] = other.name
+        entry["differs"] = [{"field": f, "this": y, "nearest": x} for f, x, y in diffs]
+    return entry
+
+
+def unmatched_text(entry: dict[str, Any]) -> str:
+    """'NAME (nearest: NAME2, differs in phi: mul here, sqdiff there)'."""
+    if entry["nearest"] is None:
+        return f"{entry['name']} (no row of its kind on the other side)"
+    what = ", ".join(f"{d['field']}: {_shown(d['this'])} here, {_shown(d['nearest'])} there"
+                     for d in entry["differs"])
+    return f"{entry['name']} (nearest: {entry['nearest']}; differs in {what})"
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is None else str(value)
+
+
+def _noisy(metric: str, old: float, new: float, old_span: tuple[float, float],
+           new_span: tuple[float, float], threshold: float, spread_name: str) -> MetricChange:
+    if old == new:
+        return MetricChange(metric, old, new, 0.0, SAME, "unchanged")
+    # From zero any growth is past every threshold; its percentage is undefined (None).
+    change = (new - old) / old if old else math.copysign(math.inf, new - old)
+    pct = 100 * change if math.isfinite(change) else None
+    if abs(change) <= threshold:
+        return MetricChange(metric, old, new, pct, SAME, f"within {100 * threshold:g}%")
+    separated = new_span[0] > old_span[1] if change > 0 else new_span[1] < old_span[0]
+    if not separated:
+        return MetricChange(metric, old, new, pct, NOISE,
+                            f"past {100 * threshold:g}% but the {spread_name}s overlap")
+    return MetricChange(metric, old, new, pct, WORSE if change > 0 else BETTER,
+                        f"past {100 * threshold:g}% and outside both {spread_name}s")
+
+
+def _spread_rule(phase: str, old: Stats, new: Stats, t: Thresholds) -> MetricChange:
+    """Reports without raw samples: IQRs when both sides have enough runs, else min-max."""
+    if min(old.runs, new.runs) >= MIN_RUNS_FOR_IQR:
+        name, old_span, new_span = "IQR", (old.q1_ms, old.q3_ms), (new.q1_ms, new.q3_ms)
+    else:
+        name, old_span, new_span = "min-max range", (old.min_ms, old.max_ms), (new.min_ms, new.max_ms)
+    change = _noisy(f"{phase}_median_ms", old.median_ms, new.median_ms, old_span, new_span,
+                    t.max_slowdown, name)
+    if old.median_ms != new.median_ms:
+        change.why += " (too few raw samples for a test: spread rule)"
+    return change
+
+
+def _testable(*stats: Stats | None) -> bool:
+    return all(s is not None and len(s.samples_ms) >= gate_stats.MIN_SAMPLES for s in stats)
+
+
+def _latency(phase: str, old: Stats, new: Stats, t: Thresholds, old_ref: Stats | None = None,
+             new_ref: Stats | None = None) -> MetricChange:
+    """The ratio of medians (normalised: each over its baseline's) past the threshold and
+    significant (its bootstrap interval excludes 1) -> worse or better."""
+    normalised = old_ref is not None and new_ref is not None
+    if not _testable(old, new, *((old_ref, new_ref) if normalised else ())):
+        if normalised:
+            raise InputError(f"--normalize baseline needs {gate_stats.MIN_SAMPLES}+ raw samples per "
+                             f"row (reports from lrprof with samples_ms); {phase} has fewer")
+        change = _spread_rule(phase, old, new, t)
+    else:
+        change = _tested(phase, old, new, t, old_ref, new_ref)
+    if old.calls_per_run != new.calls_per_run:  # block means spread less than single calls
+        change.why += f" (runs average {old.calls_per_run} vs {new.calls_per_run} calls)"
+    return change
+
+
+def _tested(phase: str, old: Stats, new: Stats, t: Thresholds, old_ref: Stats | None,
+            new_ref: Stats | None) -> MetricChange:
+    normalised = old_ref is not None and new_ref is not None
+    if normalised:
+        metric = f"{phase}_latency_vs_baseline"
+        a, b = old.median_ms / old_ref.median_ms, new.median_ms / new_ref.median_ms
+        test = gate_stats.ratio_test(old.process_samples(), new.process_samples(),
+                                     old_ref.process_samples(), new_ref.process_samples(),
+                                     confidence=t.confidence)
+    else:
+        metric, a, b = f"{phase}_median_ms", old.median_ms, new.median_ms
+        test = gate_stats.ratio_test(old.process_samples(), new.process_samples(),
+                                     confidence=t.confidence)
+    facts = {"ratio": test.ratio, "ci_low": test.low, "ci_high": test.high,
+             "confidence": test.confidence, "processes": list(test.processes),
+             "mann_whitney_p": test.mann_whitney_p, "method": "two-level bootstrap of the ratio of medians"}
+    if old.samples_ms == new.samples_ms and (not normalised or old_ref.samples_ms == new_ref.samples_ms):
+        return MetricChange(metric, a, b, 0.0, SAME, "unchanged", facts)
+    pct = 100 * (test.ratio - 1)
+    limit = f"{100 * t.max_slowdown:g}%"
+    if abs(test.ratio - 1) <= t.max_slowdown:
+        return MetricChange(metric, a, b, pct, SAME, f"within {limit} ({test.interval_text()})", facts)
+    if not test.significant:
+        return MetricChange(metric, a, b, pct, NOISE,
+                            f"past {limit} but not significant: {test.interval_text()} includes 1", facts)
+    return MetricChange(metric, a, b, pct, WORSE if test.ratio > 1 else BETTER,
+                        f"past {limit} and significant: {test.interval_text()}", facts)
+
+
+def _memory(phase: str, old: MemoryStats, new: MemoryStats, t: Thresholds) -> MetricChange:
+    return _noisy(f"{phase}_peak_bytes", old.peak_bytes, new.peak_bytes,
+                  (old.min_bytes, old.max_bytes), (new.min_bytes, new.max_bytes),
+                  t.max_memory_growth, "min-max range")
+
+
+def _instructions(col: str, old: int, new: int, t: Thresholds) -> MetricChange:
+    """Instructions per call under callgrind: no test, a small threshold for the little
+    that still varies (allocator, Python's dicts) between processes."""
+    if old == new:
+        return MetricChange(col, old, new, 0.0, SAME, "unchanged")
+    change = (new - old) / old if old else math.inf
+    pct = 100 * change if math.isfinite(change) else None
+    limit = f"{100 * t.max_instruction_growth:g}%"
+    if abs(change) <= t.max_instruction_growth:
+        return MetricChange(col, old, new, pct, SAME, f"within {limit}")
+    return MetricChange(col, old, new, pct, WORSE if change > 0 else BETTER, f"past {limit}")
+
+
+@dataclass
+class _Side:
+    """One report, for looking up a row's baseline and naming the file in errors."""
+
+    path: Path
+    rows: dict[str, Record] = field(default_factory=dict)
+
+
+def _missing(old: Record, new: Record, old_side: _Side, new_side: _Side) -> None:
+    """A figure the old row has and the new one lacks is a malformed new report (unless
+    the new row failed, which is its own verdict)."""
+    if new.error:
+        return
+    lacking = [c for c in EXACT_COLUMNS + INSTRUCTION_COLUMNS if c in old.exact and c not in new.exact]
+    lacking += [f"{p} latency" for p in PHASES if p in old.latency and p not in new.latency]
+    lacking += [f"{p} memory" for p in PHASES if p in old.memory and p not in new.memory]
+    if lacking:
+        raise InputError(f"{new_side.path}: row {new.name!r}: {lacking[0]} missing ({old_side.path} "
+                         "has it; were the reports made with different options?)")
+
+
+def _baseline_of(record: Record, side: _Side, phase: str) -> Stats | None:
+    """The latency of the row's baseline (same run), or None if it names none."""
+    name = record.derived.get("baseline")
+    if not name or "measured" not in str(record.derived.get("role", "measured")):
+        return None
+    base = side.rows.get(name)
+    if base is None:
+        raise InputError(f"{side.path}: row {record.name!r}: baseline row {name!r} is not in the report")
+    stats = base.latency.get(phase)
+    if stats is None:
+        raise InputError(f"{side.path}: row {name!r} (baseline of {record.name!r}): {phase} latency "
+                         "missing, nothing to normalise by")
+    return stats
+
+
+def _unreliable(record: Record, side: str) -> list[str]:
+    reasons = [f"{side} {phase}: {why}" for phase, stats in record.latency.items()
+               for why in noise.reliability(stats)]
+    if record.derived.get("oversubscribed"):
+        reasons.append(f"{side}: oversubscribed")
+    return reasons
+
+
+def compare_records(old: Record, new: Record, t: Thresholds, old_side: _Side | None = None,
+                    new_side: _Side | None = None) -> RowResult:
+    old_side = old_side or _Side(Path("OLD"))
+    new_side = new_side or _Side(Path("NEW"))
+    _missing(old, new, old_side, new_side)
+    metrics: list[MetricChange] = []
+    if new.error:
+        why = new.error if not old.error else f"{new.error} (failed in the old report too)"
+        metrics.append(MetricChange("error", None, None, None, ERROR, why))
+    for col in EXACT_COLUMNS:
+        a, b = old.exact.get(col), new.exact.get(col)
+        if a is None or b is None:
+            continue
+        if a != b:
+            pct = 100.0 * (b - a) / a if a else None
+            metrics.append(MetricChange(col, a, b, pct, MODEL, "exact figure changed"))
+        else:
+            metrics.append(MetricChange(col, a, b, 0.0, SAME))
+    for col in INSTRUCTION_COLUMNS:
+        if col in old.exact and col in new.exact:
+            metrics.append(_instructions(col, old.exact[col], new.exact[col], t))
+    for phase in PHASES:
+        if phase in old.latency and phase in new.latency:
+            refs = (None, None)
+            if t.normalize == "baseline":
+                refs = (_baseline_of(old, old_side, phase), _baseline_of(new, new_side, phase))
+                if (refs[0] is None) != (refs[1] is None):
+                    raise InputError(f"{new_side.path}: row {new.name!r}: one report names a baseline "
+                                     "row for it and the other does not")
+            is_reference = t.normalize == "baseline" and refs[0] is None and _is_baseline_only(new)
+            if not is_reference:
+                metrics.append(_latency(phase, old.latency[phase], new.latency[phase], t, *refs))
+        if phase in old.memory and phase in new.memory:
+            metrics.append(_memory(phase, old.memory[phase], new.memory[phase], t))
+    if not metrics:
+        if not old.error:
+            raise InputError(f"{new_side.path}: row {new.name!r}: nothing to compare with "
+                             f"{old_side.path} (no figure in both rows)")
+        metrics.append(MetricChange("error", None, None, None, NOT_COMPARED,
+                                    f"the old row failed ({old.error}); nothing to compare"))
+    status = min((m.status for m in metrics), key=SEVERITY.__getitem__)
+    unreliable = _unreliable(old, "old") + _unreliable(new, "new")
+    if unreliable:
+        for m in metrics:
+            if m.metric.endswith(("_median_ms", "_latency_vs_baseline")):
+                m.why += " [unreliable timing]"
+    return RowResult(new.kind, new.name, new.config, status, metrics, unreliable)
+
+
+def _is_baseline_only(record: Record) -> bool:
+    return record.derived.get("role") == "baseline"
+
+
+def _timing_setups(records: list[Record]) -> set[str]:
+    return {plural(s.threads, "thread") for r in records for s in r.latency.values() if s.threads}
+
+
+def environment_warnings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    warnings = []
+    for key, label in (("device", "device"), ("device_name", "device model"),
+                       ("torch_version", "torch version"), ("lrprof_version", "lrprof version")):
+        a, b = old.get(key), new.get(key)
+        # A CSV row knows 'cuda', its JSON 'cuda:0': devices compare by type.
+        same = (str(a).split(":")[0] == str(b).split(":")[0]) if key == "device" else str(a) == str(b)
+        if a and b and not same:
+            warnings.append(f"{label} differs: {a} (old) vs {b} (new)")
+    return warnings
+
+
+def _by_key(loaded: Loaded, warnings: list[str]) -> dict[tuple, Record]:
+    by_key: dict[tuple, Record] = {}
+    for record in loaded.records:
+        key = _key(record)
+        if key in by_key:
+            warnings.append(f"{loaded.path}: rows {by_key[key].name!r} and {record.name!r} have the "
+                            "same configuration; only the first is compared")
+            continue
+        by_key[key] = record
+    return by_key
+
+
+def _normalize_warnings(new: Loaded, matched: list[Record]) -> list[str]:
+    """Normalising needs baseline rows; rows without one are gated raw, and said so."""
+    timed = [r for r in matched if r.latency]
+    raw = [r.name for r in timed if not r.derived.get("baseline") and not _is_baseline_only(r)]
+    if timed and len(raw) == len(timed):
+        raise InputError(f"--normalize baseline: no row of {new.path} names a baseline row (a layer "
+                         "report measured with its conv3x3 baseline is needed)")
+    if raw:
+        return [f"--normalize baseline: {len(raw)} row(s) have no baseline row and are gated on raw "
+                f"latency: {', '.join(raw)}"]
+    return []
+
+
+def compare(old_path: Path, new_path: Path, thresholds: Thresholds | None = None,
+            strict: bool = False) -> Comparison:
+    thresholds = thresholds or Thresholds()
+    old, new = load(old_path), load(new_path)
+    warnings = environment_warnings(old.environment, new.environment)
+    old_threads, new_threads = _timing_setups(old.records), _timing_setups(new.records)
+    if old_threads and new_threads and old_threads != new_threads:
+        warnings.append(f"CPU timings ran on different thread counts: {', '.join(sorted(old_threads))} "
+                        f"(old) vs {', '.join(sorted(new_threads))} (new)")
+    if strict and warnings:
+        raise InputError("reports come from different setups (--strict): " + "; ".join(warnings))
+    old_by_key, new_by_key = _by_key(old, warnings), _by_key(new, warnings)
+    matched = [k for k in new_by_key if k in old_by_key]
+    old_rest = [old_by_key[k] for k in old_by_key if k not in new_by_key]
+    new_rest = [new_by_key[k] for k in new_by_key if k not in old_by_key]
+    unmatched = ([unmatched_entry(r, new_rest, "old") for r in old_rest]
+                 + [unmatched_entry(r, old_rest, "new") for r in new_rest])
+    if not matched:
+        first = next((unmatched_text(e) for e in unmatched if e["in"] == "new"), "it has no rows")
+        raise InputError(f"no row of {new_path} matches a row of {old_path} by configuration: "
+                         f"{first}")
+    old_side, new_side = _Side(old_path, old.by_name()), _Side(new_path, new.by_name())
+    if thresholds.normalize == "baseline":
+        warnings += _normalize_warnings(new, [new_by_key[k] for k in matched])
+    for loaded in (old, new):
+        if loaded.partial:
+            warnings.append(f"{loaded.path} is a partial report ({loaded.partial})")
+    rows = [compare_records(old_by_key[k], new_by_key[k], thresholds, old_side, new_side)
+            for k in matched]
+    rows.sort(key=lambda r: (SEVERITY[r.status], -r.worst_change))
+    only_old = [r.name for r in old_rest]
+    only_new = [r.name for r in new_rest]
+    return Comparison(old_path, new_path, rows, only_old, only_new, warnings, thresholds, unmatched)
+
+
+# ---- rendering ----------------------------------------------------------------------------
+
+
+def verdict_line(c: Comparison) -> str:
+    counts: dict[str, int] = {}
+    for r in c.rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: SEVERITY[i[0]]))
+    head = "REGRESSION" if c.regression else "no regression"
+    missing = (f"; {plural(len(c.only_old), 'baseline row')} missing (--require-all)"
+               if c.missing_fails else "")
+    flagged = f"; {len(c.unreliable)} with unreliable timings" if c.unreliable else ""
+    return f"{head}: {plural(len(c.rows), 'matched row')} ({tally}){missing}{flagged}"
+
+
+def table_rows(c: Comparison, include_same: bool) -> list[list[str]]:
+    out = []
+    for r in c.rows:
+        shown = [m for m in r.metrics if m.status != SAME] or (r.metrics[:1] if include_same else [])
+        if r.status == SAME and not include_same:
+            continue
+        for m in shown:
+            change = "" if m.change_pct is None else f"{m.change_pct:+.1f}%"
+            out.append([r.status, r.name, m.metric, fmt(m.old), fmt(m.new), change, m.why])
+    return out
+
+
+HEADERS = ["status", "row", "metric", "old", "new", "change", "why"]
+
+
+def render_text(c: Comparison) -> str:
+    from tabulate import tabulate
+
+    lines = [f"warning: {w}" for w in c.warnings]
+    lines.append(verdict_line(c))
+    rows = table_rows(c, include_same=False)
+    if rows:
+        lines.append(tabulate(rows, headers=HEADERS, tablefmt="simple", disable_numparse=True))
+    lines += _unmatched_lines(c)
+    lines += _unreliable_lines(c)
+    return "\n".join(lines)
+
+
+def _unreliable_lines(c: Comparison) -> list[str]:
+    return [f"unreliable timing: {r.name}: {'; '.join(r.unreliable)}" for r in c.unreliable]
+
+
+def _unmatched_lines(c: Comparison) -> list[str]:
+    lines = []
+    for where, path in (("old", c.old), ("new", c.new)):
+        texts = [unmatched_text(e) for e in c.unmatched if e["in"] == where]
+        if texts:
+            lines.append(f"only in {path} (not compared): " + "; ".join(texts))
+    return lines
+
+
+def render_markdown(c: Comparison) -> str:
+    from tabulate import tabulate
+
+    t = c.thresholds
+    parts = [f"## lrprof compare: {verdict_line(c)}", ""]
+    parts += [f"> **warning:** {w}" for w in c.warnings] + ([""] if c.warnings else [])
+    latency = ("latency relative to the 3x3 conv baseline row of the same run"
+               if t.normalize == "baseline" else "latency")
+    parts.append(f"Old `{c.old}`, new `{c.new}`. Thresholds: slowdown {100 * t.max_slowdown:g}% "
+                 f"({latency}), memory growth {100 * t.max_memory_growth:g}%, instructions "
+                 f"{100 * t.max_instruction_growth:g}%. A latency change counts only past its "
+                 f"threshold and significant (the {t.confidence:.0%} two-level bootstrap interval of the "
+                 "ratio of medians excludes 1; without raw samples: outside both runs' IQR, or "
+                 f"min-max under {MIN_RUNS_FOR_IQR} runs); memory: outside both min-max ranges. "
+                 "Exact figures must be equal.")
+    parts.append("")
+    rows = table_rows(c, include_same=False)
+    if rows:
+        parts += [tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True), ""]
+    same = sum(1 for r in c.rows if r.status == SAME)
+    if same:
+        parts += [f"{same} row(s) unchanged.", ""]
+    parts += [f"- {line}" for line in _unmatched_lines(c) + _unreliable_lines(c)]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def render_json(c: Comparison) -> str:
+    return json.dumps(c.to_dict(), indent=2, default=str) + "\n"
+
+
+def render_csv(c: Comparison) -> str:
+    """One line per compared metric of every matched row (unchanged ones too), with the
+    row's identity: what a spreadsheet or a later script needs."""
+    import csv
+    import io
+
+    fields = ["row_status", "kind", "row", "metric", "old", "new", "change_pct", "metric_status", "why",
+              "identity"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in c.rows:
+        for m in r.metrics:
+            writer.writerow({"row_status": r.status, "kind": r.kind, "row": r.name, "metric": m.metric,
+                             "old": m.old, "new": m.new, "change_pct": m.change_pct,
+                             "metric_status": m.status, "why": m.why,
+                             "identity": json.dumps(r.config, sort_keys=True, default=str)})
+    return buffer.getvalue()
+
+
+RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_json}

@@ -1,0 +1,1 @@
+"""profile: see lrprof/__init__.py for the layout."""

@@ -1,0 +1,182 @@
+"""`--repeat N`: time the rows of a layer profile in N fresh processes and pool their runs.
+
+One process's runs say nothing about the next process: fresh processes of identical code
+drift apart by 0.88x-1.17x on the 2-core machines here, while each run's quartiles are
+1-3 % wide (address layout, allocator state, what else the machine did). So each of the N
+processes builds every row from its spec (same seed, same weights), times all rows in one
+interleaved schedule (the first row rotating from process to process) and hands back its
+runs; the parent pools them, keeping which runs came from which process, so the report can
+give the spread between processes beside the spread within one, and `lrprof compare` can
+resample processes, not only runs. Counting, the output check and memory stay in the
+parent: they do not drift.
+
+The worker is this module: `python -m lrprof.profile.replicate REQUEST.json RESULT.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrprof.measure import noise
+from lrprof.measure.timing import Stats, TimingOptions
+from lrprof.record.records import Record
+from lrprof.spec.errors import describe
+from lrprof.spec.layer import LayerSpec
+
+WORKER_TIMEOUT_S = 3600  # a hung worker must not hang the profile forever
+
+
+def build_row(spec: LayerSpec, seed: int, device: torch.device) -> tuple[nn.Module, tuple[Any, ...]]:
+    """The module and inputs of a resolved spec: the same weights and input for a given
+    seed in every process (the profile, its timing replicates, its instruction counts)."""
+    from lrprof.build.ops import get_op
+
+    op = get_op(spec.op)
+    torch.manual_seed(seed)
+    module = op.impl(spec.impl).build(spec).to(device=device, dtype=spec.torch_dtype).eval()
+    return module, op.make_inputs(spec, torch.Generator().manual_seed(seed))
+
+
+def spec_to_dict(spec: LayerSpec) -> dict[str, Any]:
+    return {"op": spec.op, "channels": spec.channels, "height": spec.height, "width": spec.width,
+            "batch": spec.batch, "dtype": spec.dtype, "device": spec.device, "impl": spec.impl,
+            "params": dict(spec.params)}
+
+
+def spec_from_dict(data: dict[str, Any]) -> LayerSpec:
+    fields = {k: v for k, v in data.items() if k != "params"}
+    return LayerSpec(**fields, params=tuple(data.get("params", {}).items()))
+
+
+def child_env() -> dict[str, str]:
+    """The parent's environment, with this lrprof importable first (an editable install, a
+    PYTHONPATH checkout or a wheel all work)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def run_process(request: dict[str, Any], index: int) -> dict[str, Any]:
+    """One worker: its per-row results, or {"failed": why}."""
+    with tempfile.TemporaryDirectory(prefix="lrprof-repeat-") as tmp:
+        req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        req.write_text(json.dumps({**request, "rotate": index}))
+        try:
+            done = subprocess.run([sys.executable, "-m", "lrprof.profile.replicate", str(req), str(res)],
+                                  env=child_env(), capture_output=True, text=True,
+                                  timeout=WORKER_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            return {"failed": f"no result after {WORKER_TIMEOUT_S} s"}
+        if done.returncode != 0 or not res.is_file():
+            return {"failed": f"exit {done.returncode}: {_last_line(done.stderr or done.stdout)}"}
+        return json.loads(res.read_text())
+
+
+def time_in_processes(rows: Sequence[tuple[LayerSpec, Record]], device: torch.device, repeat: int,
+                      timing: TimingOptions, backward: bool, seed: int,
+                      on_process: Callable[[int], None] | None = None) -> None:
+    """Time every row in `repeat` fresh processes, one after the other; each record gets the
+    pooled Stats of the processes so far after each one (`on_process(k)`: k done), so an
+    interrupted profile keeps what it measured. A process's failure stays in its rows."""
+    request = {"specs": [spec_to_dict(spec) for spec, _ in rows], "device": str(device),
+               "backward": backward, "seed": seed, "threads": torch.get_num_threads(),
+               "timing": dataclasses.asdict(timing)}
+    per_row: list[dict[str, list[Stats | None]]] = [{} for _ in rows]
+    sessions: list[dict[str, Any]] = []
+    for k in range(repeat):
+        result = run_process(request, k)
+        if "failed" in result:
+            for _, record in rows:
+                _add_error(record, f"timing process {k + 1} of {repeat}: {result['failed']}")
+            result = {"rows": [{} for _ in rows], "noise": None}
+        if result.get("noise"):
+            sessions.append(result["noise"])
+        for (_, record), phases, got in zip(rows, per_row, result["rows"], strict=True):
+            for phase in set(phases) | set(got):
+                value = got.get(phase)
+                if isinstance(value, dict) and "error" in value:
+                    _add_error(record, f"timing {phase} in process {k + 1}: {value['error']}")
+                    value = None
+                stats = Stats.from_dict(value) if isinstance(value, dict) else None
+                phases.setdefault(phase, [None] * k).append(stats)
+            for phase in phases:  # a phase this process did not report keeps its slot
+                if len(phases[phase]) < k + 1:
+                    phases[phase].append(None)
+        _pool(rows, per_row, repeat)
+        noise.flag_rows([record for _, record in rows], sessions)
+        if on_process:
+            on_process(k + 1)
+
+
+def _pool(rows: Sequence[tuple[LayerSpec, Record]], per_row: list[dict[str, list[Stats | None]]],
+          repeat: int) -> None:
+    for (_, record), phases in zip(rows, per_row, strict=True):
+        for phase, parts in phases.items():
+            if any(p is not None for p in parts):
+                pooled = Stats.pooled(parts)
+                method = f"{pooled.method}; runs pooled from {len(parts)} of {repeat} fresh processes"
+                record.latency[phase] = dataclasses.replace(pooled, method=method)
+
+
+def _add_error(record: Record, text: str) -> None:
+    record.error = f"{record.error}; {text}" if record.error else text
+
+
+# ---- the worker ---------------------------------------------------------------------------
+
+
+def worker(request: dict[str, Any]) -> dict[str, Any]:
+    """Build and time every requested row in this process; JSON-ready results."""
+    from lrprof.profile.steps import phase_calls, time_phases
+
+    torch.set_num_threads(int(request["threads"]))
+    device = torch.device(request["device"])
+    specs = [spec_from_dict(d) for d in request["specs"]]
+    rows: list[dict[str, Any]] = [{} for _ in specs]
+    built = []
+    for index, spec in enumerate(specs):
+        try:
+            module, inputs = build_row(spec, int(request["seed"]), device)
+            built.append((index, phase_calls(module, inputs, bool(request["backward"]))))
+        except Exception as exc:  # recorded in the row by the parent
+            rows[index] = {"fwd": {"error": f"building: {describe(exc)}"}}
+    shift = int(request.get("rotate", 0)) % max(len(built), 1)
+    built = built[shift:] + built[:shift]
+    results, session = time_phases([phases for _, phases in built], device,
+                                   TimingOptions(**request["timing"]))
+    for (position, phase), result in results.items():
+        index = built[position][0]
+        rows[index][phase] = ({"error": describe(result)} if isinstance(result, Exception)
+                              else result.to_dict())
+    return {"rows": rows, "noise": session}
+
+
+def main(argv: list[str]) -> int:
+    request_path, result_path = Path(argv[0]), Path(argv[1])
+    try:
+        result = worker(json.loads(request_path.read_text()))
+    except KeyboardInterrupt:
+        return 130
+    result_path.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

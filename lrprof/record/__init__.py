@@ -1,0 +1,1 @@
+"""record: see lrprof/__init__.py for the layout."""

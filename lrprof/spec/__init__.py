@@ -1,0 +1,1 @@
+"""spec: see lrprof/__init__.py for the layout."""

@@ -1,0 +1,1 @@
+"""sweep: see lrprof/__init__.py for the layout."""
