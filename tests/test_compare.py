@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lrprof.build.ops import resolve_spec
+from lrprof.build.ops.registry import spec_label
 from lrprof.cli import main
 from lrprof.measure.device import Environment
 from lrprof.measure.memory import CPU_METHOD, MemoryStats
@@ -54,7 +55,7 @@ def record(k: int = 3, m: int = 4, channels: int = 8, *, name: str | None = None
            peak_bwd: MemoryStats | None = None, macs: int = 11976, params: int = 108,
            exps: int = 1152, error: str | None = None, device: str = "cpu") -> Record:
     spec = resolve_spec(LayerSpec(channels=channels, height=8, width=8, k=k, m=m, device=device))
-    rec = Record(kind="layer", name=name or spec.label(), config=spec.config())
+    rec = Record(kind="layer", name=name or spec_label(spec), config=spec.config())
     rec.exact.update({"params": params, "exact_MACs": macs, "fwd_MACs": macs,
                       "fwd_exps": exps, "exact_exps": exps,
                       "paper_O_MACs": 13056.0})

@@ -3,9 +3,9 @@ quadratic term overtakes each local operator, in MACs and in latency."""
 
 from lrprof.measure.device import Environment
 from lrprof.measure.timing import Stats
-from lrprof.profile.layer import layer_report
 from lrprof.record.records import Record
 from lrprof.report import render_markdown
+from lrprof.report.layer import layer_report
 
 
 def row(op: str, impl: str, side: int, macs: float, ms: float) -> Record:

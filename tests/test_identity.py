@@ -11,9 +11,10 @@ from lrprof.gate import compare as cmp
 from lrprof.measure.device import collect
 from lrprof.measure.memory import CPU_METHOD, MemoryStats
 from lrprof.measure.timing import Stats, TimingOptions
-from lrprof.profile.layer import MeasureOptions, layer_report, profile_layers
+from lrprof.profile.layer import MeasureOptions, profile_layers
 from lrprof.record.records import Record, Report
 from lrprof.report import report_paths, write_report
+from lrprof.report.layer import layer_report
 from lrprof.spec.errors import InputError
 from lrprof.spec.layer import LayerSpec
 

@@ -14,7 +14,6 @@ import lrprof.report as report_mod
 from lrprof.measure.device import Environment
 from lrprof.measure.memory import CPU_METHOD, MemoryStats
 from lrprof.measure.timing import Stats
-from lrprof.profile.layer import layer_report
 from lrprof.record.records import SCHEMA, Record, Report, parse_cell
 from lrprof.report import (
     check_writable,
@@ -27,6 +26,7 @@ from lrprof.report import (
     write_atomic,
     write_report,
 )
+from lrprof.report.layer import layer_report
 from lrprof.spec.errors import SpecError
 
 TIMING = "torch.utils.benchmark blocked_autorange after warm-up"

@@ -19,6 +19,7 @@ import torch
 from lrprof.build.ops import get_op, resolve_spec
 from lrprof.build.ops import sasa as sasa_op
 from lrprof.build.ops import sasa_stem as stem_op
+from lrprof.build.ops.registry import spec_label
 from lrprof.build.ops.sasa import SelfAttention2d
 from lrprof.build.ops.sasa_stem import AttentionStem2d
 from lrprof.cli import main
@@ -388,7 +389,7 @@ def test_layer_command_profiles_sasa_rows(tmp_path, capsys):
 def test_schema_resolves_the_defaults():
     spec = resolve_spec(LayerSpec(op="sasa", channels=64, height=8, width=8))
     assert dict(spec.params) == {"k": 7, "heads": 8, "stride": 1, "rel_logits": "factored"}
-    assert spec.label().startswith("sasa[shift] k=7 heads=8 s=1 C=64")
+    assert spec_label(spec).startswith("sasa[shift] k=7 heads=8 s=1 C=64")
     assert get_op("sasa").reference_impl == "unfold"
     stem = resolve_spec(LayerSpec(op="sasa-stem", channels=3, height=8, width=8))
     assert dict(stem.params)["out_channels"] == 64

@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lrprof.build.ops.registry import get_op
 from lrprof.spec.errors import SpecError
-from lrprof.build.ops import get_op
-from lrprof.spec.params import split_list
 from lrprof.spec.layer import LayerSpec, parse_size, resolve_device
+from lrprof.spec.params import split_list
 
 
 @dataclass
@@ -183,6 +183,6 @@ def config_key(config: Mapping[str, Any]) -> str:
 
 
 def _all_ops() -> list:
-    from lrprof.build.ops import list_ops
+    from lrprof.build.ops.registry import list_ops
 
     return list_ops()

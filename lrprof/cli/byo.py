@@ -51,7 +51,8 @@ def module_layer(common: dict[str, Any], flags: dict[str, Any], op_params: dict[
     from lrprof.build.usermodule import ModuleSpec
     from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
-    from lrprof.profile.module import ModuleOptions, module_report, profile_module
+    from lrprof.profile.module import ModuleOptions, profile_module
+    from lrprof.report.module import module_report
     from lrprof.spec.layer import resolve_device
 
     if op_params:

@@ -55,7 +55,8 @@ ARGUMENTS = (inspect.Parameter(
 def check(**options: Any) -> None:
     from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
-    from lrprof.profile.audit import AuditOptions, audit_report, run_audit
+    from lrprof.profile.audit import AuditOptions, run_audit
+    from lrprof.report.audit import audit_report
     from lrprof.spec.layer import LayerSpec, parse_size, resolve_device
 
     target = options.pop("target")

@@ -60,7 +60,7 @@ FLAGS: list[tuple[str, str, bool, str]] = [
 def operator_params() -> dict[str, Any]:
     """Every operator parameter by name, with the operators that take it (a name two
     operators share must mean the same type)."""
-    from lrprof.build.ops import list_ops
+    from lrprof.build.ops.registry import list_ops
 
     found: dict[str, Any] = {}
     for op in list_ops():
@@ -113,9 +113,10 @@ def layer(**options: Any) -> None:
     from lrprof.measure import instructions
     from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
-    from lrprof.profile.layer import MeasureOptions, layer_report, prepare_spec, profile_layers
+    from lrprof.profile.layer import MeasureOptions, prepare_spec, profile_layers
     from lrprof.profile.progress import Progress
     from lrprof.report import report_paths, write_report
+    from lrprof.report.layer import layer_report
     from lrprof.spec.layer import resolve_device
 
     common = {name: options.pop(name) for name, *_ in COMMON}

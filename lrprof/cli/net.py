@@ -45,9 +45,10 @@ def net(
     from lrprof.build.nets import list_nets
     from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
-    from lrprof.profile.net import NetOptions, NetSpec, net_report, profile_nets
+    from lrprof.profile.net import NetOptions, NetSpec, profile_nets
     from lrprof.profile.progress import Progress
     from lrprof.report import report_paths, write_report
+    from lrprof.report.net import net_report
     from lrprof.spec.layer import parse_size, resolve_device
 
     if list_:
@@ -127,7 +128,7 @@ def _net_options(name: str) -> dict:
 
 def _check_impl(impl: str, device, dtype: str) -> None:
     """The local relation implementation exists and runs on this device and dtype."""
-    from lrprof.build.ops import get_op
+    from lrprof.build.ops.registry import get_op
     from lrprof.profile.layer import available_impls
 
     op = get_op("lr")

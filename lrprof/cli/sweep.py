@@ -110,6 +110,7 @@ def build_config(common: dict[str, Any], flags: dict[str, Any], op_params: dict[
 
 
 def dry_run_text(plan, shard) -> str:
+    from lrprof.build.ops.registry import spec_label
     from lrprof.sweep.run import shard_indices
 
     by_op: dict[str, int] = {}
@@ -123,7 +124,7 @@ def dry_run_text(plan, shard) -> str:
         indices = shard_indices(plan.specs, shard)
         lines.append(f"shard {shard}: {len(indices)} rows")
     width = len(str(len(plan.specs)))
-    lines += [f"  {i + 1:>{width}}  {plan.specs[i].label()}" for i in indices]
+    lines += [f"  {i + 1:>{width}}  {spec_label(plan.specs[i])}" for i in indices]
     if plan.invalid:
         lines.append("invalid combinations (skipped):")
         lines += [f"  {entry['name']}: {entry['reason']}" for entry in _invalid(plan)]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lrprof.build.ops import CostModel, OpDef, get_op, resolve_spec
+from lrprof.build.ops.registry import spec_label
 from lrprof.measure import counting, roofline
 from lrprof.measure.accuracy import METHOD as OUTPUT_METHOD
 from lrprof.measure.accuracy import compare_with_reference
@@ -124,7 +125,7 @@ def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None
     def add(spec: LayerSpec, role: str) -> _Row:
         row = rows.get(_key(spec))
         if row is None:
-            record = Record(kind="layer", name=spec.label(), config=spec.config())
+            record = Record(kind="layer", name=spec_label(spec), config=spec.config())
             row = rows[_key(spec)] = _Row(spec, record, [], resolve_device(spec.device))
         if role not in row.roles:
             row.roles.append(role)
@@ -323,14 +324,11 @@ def prepare_row(spec: LayerSpec, options: MeasureOptions | None = None,
     are kept in the record's `error`, as in `profile_layers`."""
     options = options or MeasureOptions()
     spec = prepare_spec(spec)
-    record = Record(kind="layer", name=spec.label(), config=spec.config())
+    record = Record(kind="layer", name=spec_label(spec), config=spec.config())
     record.derived["role"] = role
     row = _Row(spec, record, [role], resolve_device(spec.device))
     _prepare(row, options)
     return record, row.phases
 
-
-from lrprof.report.layer import layer_report  # noqa: E402  (the API's renderer, re-exported)
-
-__all__ = ["MeasureOptions", "available_impls", "baseline_spec", "layer_report", "prepare_row",
+__all__ = ["MeasureOptions", "available_impls", "baseline_spec", "prepare_row",
            "prepare_spec", "profile_layer", "profile_layers"]

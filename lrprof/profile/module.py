@@ -148,7 +148,7 @@ def prepare_module_row(record: Record, module: nn.Module, inputs: Sequence[Any],
 def baseline_spec(inputs: Sequence[Any], output: Any, device: torch.device) -> LayerSpec | None:
     """A dense 3x3 conv, C -> C, of the first input's shape (B, C, H, W), its dtype and
     device; stride 2 when the module's output halves the map, else 1."""
-    from lrprof.build.ops import resolve_spec
+    from lrprof.build.ops.registry import resolve_spec
     from lrprof.profile.layer import BASELINE_K
 
     x = inputs[0] if inputs else None
@@ -321,8 +321,5 @@ def _parts(profile: ModuleProfile, device: torch.device, options: ModuleOptions)
         })
         profile.parts.append(r)
 
-
-from lrprof.report.module import module_report  # noqa: E402  (the API's renderer, re-exported)
-
 __all__ = ["ModuleOptions", "ModuleProfile", "count_module", "derive", "eager_module", "is_compiled",
-           "module_report", "prepare_module_row", "profile_instance", "profile_module"]
+           "prepare_module_row", "profile_instance", "profile_module"]

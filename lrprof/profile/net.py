@@ -307,7 +307,4 @@ def _layer_records(profile: NetProfile, layer_times: dict[str, list[float]]) -> 
         })
         profile.layers.append(r)
 
-
-from lrprof.report.net import net_report  # noqa: E402  (the API's renderer, re-exported)
-
-__all__ = ["NetOptions", "NetProfile", "NetSpec", "net_costs", "net_report", "profile_net", "profile_nets"]
+__all__ = ["NetOptions", "NetProfile", "NetSpec", "net_costs", "profile_net", "profile_nets"]

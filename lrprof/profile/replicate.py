@@ -40,7 +40,7 @@ WORKER_TIMEOUT_S = 3600  # a hung worker must not hang the profile forever
 def build_row(spec: LayerSpec, seed: int, device: torch.device) -> tuple[nn.Module, tuple[Any, ...]]:
     """The module and inputs of a resolved spec: the same weights and input for a given
     seed in every process (the profile, its timing replicates, its instruction counts)."""
-    from lrprof.build.ops import get_op
+    from lrprof.build.ops.registry import get_op
 
     op = get_op(spec.op)
     torch.manual_seed(seed)

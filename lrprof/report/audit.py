@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lrprof.build.ops.registry import spec_label
 from lrprof.measure import device as device_facts
 from lrprof.profile.audit.probes import MOVE_TOLERANCE, TOLERANCE
 from lrprof.record.records import Record, Report, Section
@@ -67,7 +68,7 @@ def audit_report(audit: Audit, argv: list[str] | None = None,
     failed = [r.check for r in audit.results if r.passed is False]
     verdict = f"FAILED: {', '.join(failed)}" if failed else "every check passed"
     sections = [
-        Section(f"Checks: {audit.target.attribute} as {spec.op} ({spec.label()}): {verdict}",
+        Section(f"Checks: {audit.target.attribute} as {spec.op} ({spec_label(spec)}): {verdict}",
                 check_rows(audit),
                 f"probes in float64 on one or two random images of {spec.channels}x"
                 f"{spec.height}x{spec.width}; equal means within {TOLERANCE:g} of the output's scale; "
@@ -106,6 +107,6 @@ def audit_report(audit: Audit, argv: list[str] | None = None,
 
 
 def _reference(op: str) -> str:
-    from lrprof.build.ops import get_op
+    from lrprof.build.ops.registry import get_op
 
     return get_op(op).reference_impl

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from lrprof.build.ops import OpDef, list_ops
+from lrprof.build.ops.registry import OpDef, list_ops
 
 
 def describe(op: OpDef, device: torch.device, dtype: str = "float32") -> dict[str, Any]:

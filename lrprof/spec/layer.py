@@ -133,16 +133,6 @@ class LayerSpec:
         out.update(self.params)
         return out
 
-    def label(self) -> str:
-        """'lr[unfold] k=7 m=8 s=1 C=64 56x56 B=1': the headline parameters, and any other
-        that differs from its default."""
-        from lrprof.build.ops import get_op
-
-        values = get_op(self.op).schema.label(dict(self.params))
-        dtype = "" if self.dtype == "float32" else f" {self.dtype}"
-        return (f"{self.op}[{self.impl}] {values} C={self.channels} {self.height}x{self.width} "
-                f"B={self.batch}{dtype}").replace("  ", " ")
-
     def validate_common(self) -> None:
         """Checks every operator shares; each operator's schema adds its own."""
         for name in ("channels", "height", "width", "batch"):

@@ -36,4 +36,9 @@ class Registry(Generic[T]):
         return self._entries.pop(name, None)
 
     def all(self) -> list[T]:
+        """By name."""
         return [self._entries[k] for k in sorted(self._entries)]
+
+    def in_order(self) -> list[T]:
+        """In the order they were registered."""
+        return list(self._entries.values())

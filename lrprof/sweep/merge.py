@@ -62,13 +62,14 @@ def rows_files(paths: list[Path]) -> list[Path]:
 
 
 def _name_of(config: dict[str, Any]) -> str:
+    from lrprof.build.ops.registry import spec_label
     from lrprof.spec.layer import LayerSpec
 
     fields = {k: config[k] for k in ("op", "impl", "channels", "height", "width", "batch", "dtype")
               if k in config}
     params = {k: v for k, v in config.items() if k not in fields and k != "device"}
     try:
-        return LayerSpec(device=str(config.get("device", "cpu")), **fields, **params).label()
+        return spec_label(LayerSpec(device=str(config.get("device", "cpu")), **fields, **params))
     except Exception:  # an operator this process does not know: the identity itself
         return config_key(config)
 

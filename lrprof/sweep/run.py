@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lrprof.build.grid import Invalid, config_key, layer_grid, resolve_grid
+from lrprof.build.ops.registry import spec_label
 from lrprof.profile.layer import MeasureOptions
 from lrprof.profile.progress import Progress
 from lrprof.record.records import Record
@@ -124,7 +125,7 @@ class Shard:
 def estimated_cost(spec: LayerSpec) -> float:
     """A rough relative cost of measuring a row, for balancing shards: its exact MACs plus
     the bytes its implementation and activations hold (1 MAC weighed like 1 byte)."""
-    from lrprof.build.ops import get_op
+    from lrprof.build.ops.registry import get_op
 
     try:
         cost = get_op(spec.op).cost(spec)
@@ -202,7 +203,7 @@ def invalid_entries(plan: Plan) -> list[dict[str, Any]]:
 
 def _label(spec: LayerSpec) -> str:
     """An unresolved spec's name: the values given, in the schema's order."""
-    from lrprof.build.ops import get_op
+    from lrprof.build.ops.registry import get_op
 
     given = dict(spec.params)
     try:
@@ -269,14 +270,14 @@ def run_sweep(config: SweepConfig, out: Path, shard: Shard | None = None, resume
             try:
                 for index in todo:
                     spec = plan.specs[index]
-                    progress.start(spec.label())
+                    progress.start(spec_label(spec))
                     outcome = runner.run(spec, config.timeout_s)
                     writer.row(RowLine(keys[index], outcome.record, index, round(outcome.wall_s, 3),
                                        outcome.worker))
                     run.measured += 1
                     ok = outcome.record.error is None
                     run.failed += 0 if ok else 1
-                    progress.advance(ok, spec.label(), _row_note(outcome), work[index])
+                    progress.advance(ok, spec_label(spec), _row_note(outcome), work[index])
             finally:
                 run.restarts = runner.restarts
                 runner.close()

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lrprof.build.ops.registry import spec_label
 from lrprof.profile.layer import MeasureOptions
 from lrprof.record.records import Record
 from lrprof.spec.errors import InputError, describe
@@ -153,9 +154,9 @@ class Outcome:
 def failed_record(spec: LayerSpec, error: str) -> Record:
     """The row of a configuration whose measurement never returned: its identity, the
     deterministic cost model, and the reason."""
-    from lrprof.build.ops import get_op
+    from lrprof.build.ops.registry import get_op
 
-    record = Record(kind="layer", name=spec.label(), config=spec.config(), error=error)
+    record = Record(kind="layer", name=spec_label(spec), config=spec.config(), error=error)
     try:
         cost = get_op(spec.op).cost(spec)
         record.exact.update({"params": cost.params, "exact_MACs": cost.macs,
@@ -262,7 +263,7 @@ class RowRunner:
         if not conn.poll(timeout_s):
             record = failed_record(spec, f"timeout: no result after {timeout_s:g} s (worker {pid} "
                                          "stopped)")
-            self._restart(f"worker {pid} stopped after a {timeout_s:g} s timeout on {spec.label()}")
+            self._restart(f"worker {pid} stopped after a {timeout_s:g} s timeout on {spec_label(spec)}")
             return Outcome(record, time.perf_counter() - started, pid, restarted=True)
         try:
             kind, payload = conn.recv()
@@ -270,12 +271,12 @@ class RowRunner:
             self._process.join(10)
             code = self._process.exitcode
             record = failed_record(spec, f"worker crashed: worker {pid} died ({_exit_text(code)})")
-            self._restart(f"worker {pid} died ({_exit_text(code)}) on {spec.label()}")
+            self._restart(f"worker {pid} died ({_exit_text(code)}) on {spec_label(spec)}")
             return Outcome(record, time.perf_counter() - started, pid, restarted=True)
         record = Record.from_dict(payload) if kind == "done" else failed_record(spec, payload)
         restarted = False
         if breaks_context(record.error):
-            self._restart(f"worker {pid} replaced: {spec.label()} may have left its device "
+            self._restart(f"worker {pid} replaced: {spec_label(spec)} may have left its device "
                           f"context broken ({record.error})")
             restarted = True
         return Outcome(record, time.perf_counter() - started, pid, restarted)

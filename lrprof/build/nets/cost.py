@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lrprof.build.ops.registry import get_op, op_for_module, spec_for_module
 from lrprof.spec.errors import InputError
-from lrprof.build.ops import get_op, op_for_module, spec_for_module
 
 # Modules outside every operator's model: 0 by the papers' convention, not by omission.
 LEFT_OUT: dict[type, str] = {

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lrprof.spec.errors import SpecError
 from lrprof.build.nets import NetDef, PaperFigures, register_net
 from lrprof.build.nets.resnet import EXPANSION, RESNET_WIDTHS, StagedNet, resnet
 from lrprof.build.ops.nonlocal_block import PAIRWISE, NonLocal2d, key_positions
+from lrprof.spec.errors import SpecError
 
 PLACEMENT = {"res3": (1, 3), "res4": (1, 3, 5)}  # insert after these residual blocks (0-based)
 STAGE_INPUT = {"res3": (1, 28), "res4": (2, 14)}  # stage index, output size at 224x224

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from lrprof.spec.errors import SpecError
 from lrprof.build.nets import NetDef, PaperFigures, register_net
 from lrprof.build.nets.resnet import RESNET_WIDTHS, StagedNet, bottleneck_net, conv3x3, conv_stem
 from lrprof.build.ops.sasa import METHODS, REL_LOGITS, SelfAttention2d, heads_problem
 from lrprof.build.ops.sasa_stem import VALUES, AttentionStem2d
+from lrprof.spec.errors import SpecError
 
 SASA_DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
 STEM_CHANNELS, STEM_BLOCK, STEM_HEADS, STEM_MIXTURES = 64, 4, 8, 4

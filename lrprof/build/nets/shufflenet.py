@@ -29,10 +29,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lrprof.spec.errors import SpecError
 from lrprof.build.nets import NetDef, PaperFigures, register_net
 from lrprof.build.nets.resnet import Head, StagedNet
 from lrprof.build.ops.drconv import DRConv2d
+from lrprof.spec.errors import SpecError
 
 Pointwise = Callable[[int, int], nn.Module]  # (in, out) -> a 1x1 layer of the main branch
 

@@ -8,168 +8,22 @@ anywhere else (a test, a user's package) registers itself the same way with `reg
     module = op.impl(spec.impl).build(spec)
 """
 
-from __future__ import annotations
-
-import importlib
-import pkgutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
-
-from lrprof.spec.errors import SpecError
 from lrprof.build.ops.cost import CostModel, Term
-from lrprof.spec.registry import Registry
+from lrprof.build.ops.registry import (
+    Impl,
+    OpDef,
+    get_op,
+    list_ops,
+    op_for_module,
+    register_op,
+    resolve_spec,
+    spec_for_module,
+    spec_label,
+    standard_normal,
+    unregister_op,
+)
 from lrprof.spec.params import Param, Schema
-from lrprof.spec.layer import LayerSpec, default_device
 
 __all__ = ["CostModel", "Impl", "OpDef", "Param", "Schema", "Term", "get_op", "list_ops",
-           "op_for_module", "register_op", "resolve_spec", "spec_for_module"]
-
-Availability = Callable[[torch.device, str], "str | None"]
-
-
-def always(device: torch.device, dtype: str) -> str | None:
-    return None
-
-
-@dataclass(frozen=True)
-class Impl:
-    """One way to compute an operator. `build(spec)` returns an nn.Module whose parameters
-    have the same names and shapes as every other implementation's (so the float64
-    reference can load its weights). `available(device, dtype)` gives the reason it cannot
-    run there, or None. `backward` says how gradients are computed."""
-
-    name: str
-    summary: str
-    build: Callable[[LayerSpec], nn.Module]
-    devices: tuple[str, ...] = ("cpu", "cuda")
-    available: Availability = always
-    backward: str = "autograd through the forward's ops"
-
-    def unavailable_reason(self, device: torch.device, dtype: str) -> str | None:
-        if device.type not in self.devices:
-            return f"runs on {', '.join(self.devices)} only"
-        return self.available(device, dtype)
-
-
-def standard_normal(spec: LayerSpec, shape: tuple[int, ...],
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Drawn in float32 (float64 for a float64 spec) on the CPU, then cast and moved, so
-    every dtype and device sees the same values."""
-    dtype = torch.float64 if spec.dtype == "float64" else torch.float32
-    x = torch.randn(shape, generator=generator, dtype=dtype)
-    device = default_device() if spec.device == "auto" else spec.device
-    return x.to(device=device, dtype=spec.torch_dtype)
-
-
-def batch_channels_input(spec: LayerSpec,
-                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
-    """(B, C, H, W) standard normal."""
-    return (standard_normal(spec, (spec.batch, spec.channels, spec.height, spec.width), generator),)
-
-
-@dataclass(frozen=True)
-class OpDef:
-    """An operator. `impls[0]` is the default implementation and `reference` the one whose
-    float64 output every implementation is checked against. `modules` are the nn.Module
-    classes this operator costs inside networks, and `from_module` the spec of one such
-    module at a given input shape. `spatial` operators take (B, C, H, W) and get the 3x3
-    convolution baseline."""
-
-    name: str
-    summary: str
-    schema: Schema
-    impls: tuple[Impl, ...]
-    cost: Callable[[LayerSpec], CostModel]
-    reference: str = ""
-    make_inputs: Callable[..., tuple[torch.Tensor, ...]] = batch_channels_input
-    validate: Callable[[LayerSpec], None] | None = None
-    modules: tuple[type, ...] = ()
-    from_module: Callable[[nn.Module, tuple[int, ...]], LayerSpec] | None = None
-    spatial: bool = True
-    cost_text: str = ""  # the exact model in words, for `lrprof ops` and the README
-    stride_param: str | None = "stride"  # the parameter the baseline conv copies, if any
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    # replaces measure.accuracy.compare_with_reference for operators whose output is not a
-    # continuous function of the input (DRConv's argmax), same signature
-    check_output: Callable[..., Any] | None = None
-
-    @property
-    def default_impl(self) -> str:
-        return self.impls[0].name
-
-    @property
-    def reference_impl(self) -> str:
-        return self.reference or self.default_impl
-
-    def impl(self, name: str) -> Impl:
-        for impl in self.impls:
-            if impl.name == name:
-                return impl
-        raise SpecError("impl", f"one of {', '.join(i.name for i in self.impls)} for op {self.name}", name)
-
-
-_OPS: Registry[OpDef] = Registry("op", "operator")
-_MODULE_OPS: dict[type, OpDef] = {}
-
-
-def register_op(op: OpDef, replace: bool = False) -> OpDef:
-    if replace:
-        unregister_op(op.name)
-    for cls in op.modules:
-        _MODULE_OPS[cls] = op
-    return _OPS.register(op)
-
-
-def unregister_op(name: str) -> None:
-    """Remove an operator (tests that register one of their own clean up with this)."""
-    op = _OPS.remove(name)
-    if op is not None:
-        for cls in op.modules:
-            _MODULE_OPS.pop(cls, None)
-
-
-def get_op(name: str) -> OpDef:
-    return _OPS.get(name)
-
-
-def list_ops() -> list[OpDef]:
-    return _OPS.all()
-
-
-def op_for_module(module: nn.Module) -> OpDef | None:
-    return _MODULE_OPS.get(type(module))
-
-
-def spec_for_module(module: nn.Module, input_shape: tuple[int, ...]) -> LayerSpec:
-    """The resolved spec of a module an operator provides (for costing networks)."""
-    op = op_for_module(module)
-    if op is None or op.from_module is None:
-        raise SpecError("module", "a module type an operator provides", type(module).__name__)
-    return resolve_spec(op.from_module(module, input_shape), validate=False)
-
-
-def resolve_spec(spec: LayerSpec, validate: bool = True) -> LayerSpec:
-    """The spec with its implementation and every operator parameter resolved (given,
-    default or derived), validated. Invalid values raise SpecError. `validate=False`
-    describes an existing module (a 7x7 layer on a 2x2 map in a network is what it is)."""
-    op = get_op(spec.op)
-    spec.validate_common()
-    impl = op.impl(spec.impl or op.default_impl).name
-    params = op.schema.resolve(op.name, dict(spec.params), spec.shape(), validate=validate)
-    resolved = spec.replace(impl=impl, params=tuple(params.items()))
-    if validate and op.validate is not None:
-        op.validate(resolved)
-    return resolved
-
-
-def _discover() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if info.name not in ("cost",) and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_discover()
+           "op_for_module", "register_op", "resolve_spec", "spec_for_module", "spec_label",
+           "standard_normal", "unregister_op"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from lrprof.spec.errors import InputError
 from lrprof.build.ops.cost import CostModel, Term
-from lrprof.spec.params import Context, Param, Schema, kernel_param, out_channels_param, stride_param
+from lrprof.spec.errors import InputError
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.params import Context, Param, Schema, kernel_param, out_channels_param, stride_param
 
 FORMULA = "B * C_out * H'W' * (C / groups) * k^2"
 
@@ -81,7 +81,7 @@ def from_module(module: nn.Conv2d, input_shape: tuple[int, ...]) -> LayerSpec:
 
 
 def _register() -> None:
-    from lrprof.build.ops import Impl, OpDef, register_op
+    from lrprof.build.ops.registry import Impl, OpDef, register_op
 
     register_op(OpDef(
         name="conv",

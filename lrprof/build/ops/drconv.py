@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrprof.spec.errors import SpecError, require_int
-from lrprof.measure.accuracy import TOLERANCE, OutputCheck, compare_with_reference
 from lrprof.build.ops.cost import CostModel, Term
-from lrprof.spec.params import Param, Schema, kernel_param, out_channels_param, stride_param
+from lrprof.measure.accuracy import TOLERANCE, OutputCheck, compare_with_reference
+from lrprof.spec.errors import SpecError, require_int
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.params import Param, Schema, kernel_param, out_channels_param, stride_param
 
 PAPER_FORMULA = "B * O * C * k^2 * H'W' (the paper's claim: a standard convolution's cost)"
 
@@ -291,7 +291,7 @@ COST_TEXT = ("B*O*C*k^2*H'W' (main: each pixel with its own region's filters) + 
 
 
 def _register() -> None:
-    from lrprof.build.ops import Impl, OpDef, register_op
+    from lrprof.build.ops.registry import Impl, OpDef, register_op
 
     register_op(OpDef(
         name="drconv",

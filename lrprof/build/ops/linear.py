@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from lrprof.build.ops.cost import CostModel, Term
-from lrprof.spec.params import Param, Schema
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.params import Param, Schema
 
 FORMULA = "B * C * C_out"
 
@@ -27,7 +27,7 @@ def build(spec: LayerSpec) -> nn.Linear:
 
 
 def make_inputs(spec: LayerSpec, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
-    from lrprof.build.ops import standard_normal
+    from lrprof.build.ops.registry import standard_normal
 
     return (standard_normal(spec, (spec.batch, spec.channels), generator),)
 
@@ -53,7 +53,7 @@ def from_module(module: nn.Linear, input_shape: tuple[int, ...]) -> LayerSpec:
 
 
 def _register() -> None:
-    from lrprof.build.ops import Impl, OpDef, register_op
+    from lrprof.build.ops.registry import Impl, OpDef, register_op
 
     register_op(OpDef(
         name="linear",

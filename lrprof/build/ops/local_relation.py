@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrprof.spec.errors import SpecError, require_int
 from lrprof.build.ops.cost import CostModel, Term
-from lrprof.build.ops.lr_kernels import Relation, Sizes, get_relation, relations
-from lrprof.spec.params import Param, Schema, kernel_param
+from lrprof.build.ops.lr_kernels.base import Relation, Sizes, get_relation, relations
+from lrprof.spec.errors import SpecError, require_int
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.params import Param, Schema, kernel_param
 
 PHIS = ("sqdiff", "absdiff", "mul")
 PAPER_FORMULA = "((1+s^2)/m + 1) * C * (C + k^2) * H*W / s^2"
@@ -303,7 +303,7 @@ SCHEMA = Schema((
 
 
 def _register() -> None:
-    from lrprof.build.ops import Impl, OpDef, register_op
+    from lrprof.build.ops.registry import Impl, OpDef, register_op
 
     register_op(
         OpDef(

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrprof.spec.errors import SpecError, require_int
 from lrprof.build.ops.cost import CostModel, Term
-from lrprof.spec.params import Context, Param, Schema
+from lrprof.spec.errors import SpecError, require_int
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.params import Context, Param, Schema
 
 PAIRWISE = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 SOFTMAX_PAIRWISE = ("gaussian", "embedded_gaussian")
@@ -221,7 +221,7 @@ COST_TEXT = ("B*C*C'*N per 1x1 (g; theta and phi but for the Gaussian) + B*N*N'*
 
 
 def _register() -> None:
-    from lrprof.build.ops import Impl, OpDef, register_op
+    from lrprof.build.ops.registry import Impl, OpDef, register_op
 
     register_op(OpDef(
         name="nonlocal",

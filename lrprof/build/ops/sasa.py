@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrprof.spec.errors import SpecError, require_int
 from lrprof.build.ops.cost import CostModel, Term
-from lrprof.spec.params import Context, Param, Schema, kernel_param
+from lrprof.spec.errors import SpecError, require_int
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.params import Context, Param, Schema, kernel_param
 
 REL_LOGITS = ("factored", "per-position")
 METHODS = ("shift", "unfold")  # the implementations (the first is the default): same parameters, same MACs
@@ -263,7 +263,7 @@ SCHEMA = Schema((
 
 
 def _register() -> None:
-    from lrprof.build.ops import Impl, OpDef, register_op
+    from lrprof.build.ops.registry import Impl, OpDef, register_op
 
     register_op(OpDef(
         name="sasa",

@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrprof.spec.errors import SpecError, require_int
 from lrprof.build.ops.cost import CostModel, Term
 from lrprof.build.ops.sasa import REL_LOGITS, heads_problem
-from lrprof.spec.params import Context, Param, Schema
+from lrprof.spec.errors import SpecError, require_int
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.params import Context, Param, Schema
 
 VALUES = ("mixed", "per-mixture")
 
@@ -249,7 +249,7 @@ SCHEMA = Schema((
 
 
 def _register() -> None:
-    from lrprof.build.ops import Impl, OpDef, register_op
+    from lrprof.build.ops.registry import Impl, OpDef, register_op
 
     register_op(OpDef(
         name="sasa-stem",

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lrprof.build.ops import get_op
+from lrprof.build.ops.registry import get_op
 from lrprof.build.usermodule import (
     ModuleSpec,
     Target,
@@ -297,7 +297,4 @@ def _check_record(audit: Audit, result: Result) -> Record:
     })
     return record
 
-
-from lrprof.report.audit import audit_report  # noqa: E402  (the API's renderer, re-exported)
-
-__all__ = ["Audit", "AuditOptions", "audit_report", "prepare_audit", "run_audit"]
+__all__ = ["Audit", "AuditOptions", "prepare_audit", "run_audit"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lrprof.build.ops import OpDef
+from lrprof.build.ops.registry import OpDef
 from lrprof.build.usermodule import Target, constructor_arguments, signature_text
 from lrprof.spec.errors import SpecError
 from lrprof.spec.layer import LayerSpec

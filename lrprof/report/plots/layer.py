@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lrprof.record.records import Record
-from lrprof.report.plots import Plot, _colors, _figure, _log_axis, _save
+from lrprof.report.plots.common import Plot, log_axis, new_figure, palette, save_png
 
 NAME_LIMIT = 42
 PHASES = (("fwd", "forward"), ("fwd_bwd", "forward+backward"))
@@ -61,7 +61,7 @@ def _log_if_wide(axis: Any, values: Sequence[float], subs: tuple[float, ...] = (
     positive = [v for v in values if v and v > 0]
     if positive and max(positive) / min(positive) > 20:
         axis.set_xscale("log")
-        _log_axis(axis.xaxis, subs)
+        log_axis(axis.xaxis, subs)
 
 
 def plot_layer_rows(records: Sequence[Record], path: Path, facts: str) -> Plot | None:
@@ -72,13 +72,13 @@ def plot_layer_rows(records: Sequence[Record], path: Path, facts: str) -> Plot |
     if len(rows) < 2:
         return None
     phases = [(key, label) for key, label in PHASES if any(key in r.latency for r in rows)]
-    fig = _figure(11.5, 1.4 + 0.45 * len(rows) * len(phases))
+    fig = new_figure(11.5, 1.4 + 0.45 * len(rows) * len(phases))
     left, right = fig.subplots(1, 2, sharey=True, width_ratios=(3, 2))
     step = 0.6 / len(phases)
     positions = list(range(len(rows)))[::-1]  # first row on top
     medians: list[float] = []
     for offset, ((key, label), color, marker) in enumerate(
-            zip(phases, _colors(len(phases)), ("o", "s"), strict=False)):
+            zip(phases, palette(len(phases)), ("o", "s"), strict=False)):
         ys, xs, lows, highs = [], [], [], []
         for y, r in zip(positions, rows, strict=True):
             stats = r.latency.get(key)
@@ -105,7 +105,7 @@ def plot_layer_rows(records: Sequence[Record], path: Path, facts: str) -> Plot |
     right.set_xlabel(f"counted fwd MACs (M{scale}; 1 MAC = 2 FLOPs)")
     right.grid(True, axis="x", alpha=0.3)
     fig.suptitle(f"Latency and work per row, one interleaved run\n{facts}", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
     return Plot(path, "Latency and work per row",
                 "Each row's median latency per call with its interquartile range, forward (and "
                 "forward+backward), beside its counted forward MACs; the baseline is the dense "

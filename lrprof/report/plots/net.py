@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lrprof.record.records import Record
 from lrprof.report.numbers import figure
-from lrprof.report.plots import Plot, _colors, _figure, _save
+from lrprof.report.plots.common import Plot, new_figure, palette, save_png
 
 TOP_LAYERS = 15
 
@@ -23,7 +23,7 @@ def _by_net(records: Sequence[Record], kind: str) -> dict[str, list[Record]]:
 
 
 def _share_bars(axis, labels: list[str], macs: list[float], time: list[float], horizontal: bool) -> None:
-    mac_color, time_color = _colors(2)
+    mac_color, time_color = palette(2)
     positions = list(range(len(labels)))
     offset = 0.2
     if horizontal:
@@ -47,7 +47,7 @@ def plot_stage_shares(records: Sequence[Record], path: Path, facts: str) -> Plot
     nets = _by_net(records, "stage")
     if not nets:
         return None
-    fig = _figure(5.2 * len(nets) + 0.6, 3.8)
+    fig = new_figure(5.2 * len(nets) + 0.6, 3.8)
     axes = fig.subplots(1, len(nets), squeeze=False)[0]
     for axis, (net, stages) in zip(axes, nets.items(), strict=True):
         _share_bars(axis, [str(s.config.get("stage")) for s in stages],
@@ -55,7 +55,7 @@ def plot_stage_shares(records: Sequence[Record], path: Path, facts: str) -> Plot
                     [s.derived.get("latency_share_pct") or 0 for s in stages], horizontal=False)
         axis.set_title(net, fontsize=10)
     fig.suptitle(f"Where the work is and where the time goes, per stage\n{facts}", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
     return Plot(path, "MACs share and time share per stage",
                 "Each stage's share of the counted forward MACs beside its share of the summed "
                 "hooked stage times: a stage whose time bar stands above its MACs bar takes more "
@@ -68,7 +68,7 @@ def plot_top_layers(records: Sequence[Record], path: Path, facts: str,
     nets = _by_net(records, "net-layer")
     if not nets:
         return None
-    fig = _figure(6.2 * len(nets) + 0.8, 1.2 + 0.32 * limit)
+    fig = new_figure(6.2 * len(nets) + 0.8, 1.2 + 0.32 * limit)
     axes = fig.subplots(1, len(nets), squeeze=False)[0]
     for axis, (net, layers) in zip(axes, nets.items(), strict=True):
         top = sorted(layers, key=lambda r: -(r.derived.get("latency_share_pct") or 0))[:limit]
@@ -77,7 +77,7 @@ def plot_top_layers(records: Sequence[Record], path: Path, facts: str,
                     [r.derived.get("latency_share_pct") or 0 for r in top], horizontal=True)
         axis.set_title(f"{net}: {len(top)} slowest layers", fontsize=10)
     fig.suptitle(f"The slowest layers: MACs share and time share\n{facts}", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
     return Plot(path, f"The {limit} slowest layers",
                 "For each network, the layers that take the largest share of the summed hooked "
                 "layer times, with their share of the counted forward MACs beside it.")
@@ -91,9 +91,9 @@ def plot_versus_stages(records: Sequence[Record], path: Path, facts: str) -> Plo
     (a, a_stages), (b, b_stages) = list(nets.items())[:2]
     stages = [str(s.config.get("stage")) for s in a_stages]
     b_ms = {str(s.config.get("stage")): s.latency["fwd"].median_ms for s in b_stages}
-    fig = _figure(7.5, 3.8)
+    fig = new_figure(7.5, 3.8)
     axis = fig.subplots()
-    color_a, color_b = _colors(2)
+    color_a, color_b = palette(2)
     positions = list(range(len(stages)))
     axis.bar([p - 0.2 for p in positions], [s.latency["fwd"].median_ms for s in a_stages], width=0.38,
              color=color_a, label=a)
@@ -110,7 +110,7 @@ def plot_versus_stages(records: Sequence[Record], path: Path, facts: str) -> Plo
                        f"ratio {figure(totals[a] / totals[b])}", fontsize=9)
     axis.legend(fontsize=8)
     fig.suptitle(f"{a} against {b}, stage by stage, same interleaved run\n{facts}", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
     return Plot(path, f"{a} against {b}, stage by stage",
                 "Median hooked time of each stage for both networks (log scale), measured in one "
                 "run with the two networks taking turns; the title gives the unhooked whole-net "

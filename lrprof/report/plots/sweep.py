@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lrprof.record.records import Record
-from lrprof.report.plots import Plot, _colors, _figure, _fwd_ms, _log_axis, _save, title_facts
+from lrprof.report.plots.common import Plot, fwd_ms, log_axis, new_figure, palette, save_png, title_facts
 from lrprof.sweep.fits import ACHIEVED_GBS_NAMES, CEILING_GBS_NAMES, GroupFit, figure, group_records
 
 GLOBAL_OPS = ("nonlocal",)  # operators whose cost grows with (H x W)^2: the crossover's one side
@@ -44,7 +44,7 @@ def _varying(records: Sequence[Record], exclude: Sequence[str]) -> list[str]:
 
 def _derived_params(records: Sequence[Record]) -> set[str]:
     """Parameters whose default the operator derives from the others (its schema says so)."""
-    from lrprof.build.ops import get_op
+    from lrprof.build.ops.registry import get_op
 
     names: set[str] = set()
     for op in {str(r.config.get("op")) for r in records}:
@@ -106,16 +106,16 @@ def plot_vs_param(records: Sequence[Record], param: str, path: Path, facts: str,
     else:
         fields = _varying(rows, [param, *SHAPE_FIELDS])
     series_keys = sorted({_series_label(r.config, fields) for r in rows})
-    colors = dict(zip(series_keys, _colors(len(series_keys)), strict=True))
+    colors = dict(zip(series_keys, palette(len(series_keys)), strict=True))
     ncols = len(panels)
-    fig = _figure(3.2 * ncols + 2.8, 6.4)
+    fig = new_figure(3.2 * ncols + 2.8, 6.4)
     axes = fig.subplots(2, ncols, squeeze=False, sharex=True)
     for col, (shape, panel_rows) in enumerate(sorted(panels.items(), key=lambda i: _sort_key(i[0]))):
         title = shape if isinstance(shape, str) else _shape_label(panel_rows[0].config)
         for label, series in sorted(_group(panel_rows, lambda r: _series_label(r.config, fields)).items()):
             series = sorted(series, key=lambda r: r.config[param])
             xs = [r.config[param] for r in series]
-            ms = [_fwd_ms(r) for r in series]
+            ms = [fwd_ms(r) for r in series]
             macs = [r.exact.get("fwd_MACs") for r in series]
             for row, ys in ((0, ms), (1, macs)):
                 pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y]
@@ -127,7 +127,7 @@ def plot_vs_param(records: Sequence[Record], param: str, path: Path, facts: str,
         axes[1][col].set_xticks(sorted({r.config[param] for r in rows}))
         for row in (0, 1):
             axes[row][col].set_yscale("log")
-            _log_axis(axes[row][col].yaxis)
+            log_axis(axes[row][col].yaxis)
             axes[row][col].grid(True, which="major", alpha=0.3)
             axes[row][col].tick_params(labelsize=8)
     axes[0][0].set_ylabel("forward latency (ms, median)")
@@ -140,7 +140,7 @@ def plot_vs_param(records: Sequence[Record], param: str, path: Path, facts: str,
                loc="outside right center", fontsize=8, title="series")
     title = f"Latency and MACs vs {param}"
     fig.suptitle(f"{title}\n{facts}", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
     others = [f for f in fields if f not in ("op", "impl")]
     lines = f"one line per operator and combination of {', '.join(others)}" if others \
         else "one line per operator and implementation"
@@ -154,16 +154,16 @@ def plot_vs_param(records: Sequence[Record], param: str, path: Path, facts: str,
 def plot_latency_vs_macs(records: Sequence[Record], fits: Sequence[GroupFit], path: Path,
                          facts: str) -> Plot | None:
     """Every timed row on log-log axes, one colour per op/impl, with its fitted power law."""
-    groups = group_records([r for r in records if _fwd_ms(r) and r.exact.get("fwd_MACs")])
+    groups = group_records([r for r in records if fwd_ms(r) and r.exact.get("fwd_MACs")])
     if not groups:
         return None
     by_label = {f"{f.op}[{f.impl}]": f for f in fits}
-    fig = _figure(7.5, 5.2)
+    fig = new_figure(7.5, 5.2)
     ax = fig.subplots()
-    for color, ((op, impl), rows) in zip(_colors(len(groups)), groups.items(), strict=True):
+    for color, ((op, impl), rows) in zip(palette(len(groups)), groups.items(), strict=True):
         label = f"{op}[{impl}]"
         xs = [r.exact["fwd_MACs"] for r in rows]
-        ys = [_fwd_ms(r) for r in rows]
+        ys = [fwd_ms(r) for r in rows]
         fit = by_label.get(label)
         line = fit.latency_vs_macs if fit else None
         shown = label + (f" (exponent {line.exponent:.2f}, R^2 {line.r2:.2f})" if line else "")
@@ -174,15 +174,15 @@ def plot_latency_vs_macs(records: Sequence[Record], fits: Sequence[GroupFit], pa
             ax.plot(grid, [line.predict(x) for x in grid], color=color, linewidth=1, alpha=0.7)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _log_axis(ax.xaxis)
-    _log_axis(ax.yaxis)
+    log_axis(ax.xaxis)
+    log_axis(ax.yaxis)
     ax.set_xlabel("counted forward MACs (1 MAC = 2 FLOPs)")
     ax.set_ylabel("forward latency (ms, median)")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="upper left")
     title = "Latency vs counted MACs"
     ax.set_title(f"{title}\n{facts}", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
     return Plot(path, title, "each timed row (log-log), one colour per operator and implementation; "
                              "lines: least-squares power-law fits, exponent and R^2 in the legend")
 
@@ -214,7 +214,7 @@ class Crossing:
 
 
 def crossings(records: Sequence[Record], global_ops: Sequence[str] = GLOBAL_OPS,
-              value: Callable[[Record], float | None] = _fwd_ms) -> list[Crossing]:
+              value: Callable[[Record], float | None] = fwd_ms) -> list[Crossing]:
     """For each channel count, global operator and local operator measured at 2+ common
     sizes: the first size where their `value`s (forward latency by default, or counted
     MACs) cross, by log-linear interpolation of the ratio between the measured sizes
@@ -239,7 +239,7 @@ def crossovers(records: Sequence[Record], global_ops: Sequence[str] = GLOBAL_OPS
 
 
 def _pairs(records: Sequence[Record], global_ops: Sequence[str],
-           value: Callable[[Record], float | None] = _fwd_ms) -> dict[tuple, list[tuple[int, float]]]:
+           value: Callable[[Record], float | None] = fwd_ms) -> dict[tuple, list[tuple[int, float]]]:
     """(channels, global series, local series) -> [(pixels, global / local value)]."""
     timed = [r for r in records if value(r) and r.config.get("height")]
     series = _group(timed, lambda r: (r.config.get("channels"), _crossover_label(r)))
@@ -259,7 +259,7 @@ def _pairs(records: Sequence[Record], global_ops: Sequence[str],
 
 
 def _median_by_pixels(rows: Sequence[Record],
-                      value: Callable[[Record], float | None] = _fwd_ms) -> dict[int, float]:
+                      value: Callable[[Record], float | None] = fwd_ms) -> dict[int, float]:
     """H x W -> the median value over the rows of that size (the other parameters)."""
     at: dict[int, list[float]] = {}
     for r in rows:
@@ -280,18 +280,18 @@ def plot_crossover(records: Sequence[Record], path: Path, facts: str,
         return None
     found = crossings(records, global_ops)
     channels = sorted({c for c, _, _ in pairs})
-    fig = _figure(4.6 * len(channels) + 0.6, 4.8)
+    fig = new_figure(4.6 * len(channels) + 0.6, 4.8)
     axes = fig.subplots(1, len(channels), squeeze=False)[0]
-    timed = [r for r in records if _fwd_ms(r) and r.config.get("height")]
+    timed = [r for r in records if fwd_ms(r) and r.config.get("height")]
     labels = sorted({_crossover_label(r) for r in timed})
-    colors = dict(zip(labels, _colors(len(labels)), strict=True))
+    colors = dict(zip(labels, palette(len(labels)), strict=True))
     for ax, c in zip(axes, channels, strict=True):
         rows = [r for r in timed if r.config.get("channels") == c]
         for label, series in sorted(_group(rows, _crossover_label).items()):
             # several configurations of one op at a size: the median line, the range shaded
             at: dict[int, list[float]] = {}
             for r in series:
-                at.setdefault(r.config["height"] * r.config["width"], []).append(_fwd_ms(r))
+                at.setdefault(r.config["height"] * r.config["width"], []).append(fwd_ms(r))
             px = sorted(at)
             medians = _median_by_pixels(series)
             med = [medians[p] for p in px]
@@ -309,8 +309,8 @@ def plot_crossover(records: Sequence[Record], path: Path, facts: str,
                         color="dimgrey", ha="left", xytext=(3, 0), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        _log_axis(ax.xaxis)
-        _log_axis(ax.yaxis)
+        log_axis(ax.xaxis)
+        log_axis(ax.yaxis)
         ax.set_xlabel("H x W (pixels)")
         ax.set_title(f"C={c}", fontsize=9)
         ax.grid(True, which="both", alpha=0.25)
@@ -318,7 +318,7 @@ def plot_crossover(records: Sequence[Record], path: Path, facts: str,
     axes[0].set_ylabel("forward latency (ms, median)")
     title = "Global vs local operators over H x W"
     fig.suptitle(f"{title}\n{facts}", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
     text = "; ".join(c.text() for c in found)
     return Plot(path, title, "forward latency against the number of pixels, dashed: the global "
                              f"operator(s) {', '.join(global_ops)}; shaded: the range over other "
@@ -338,9 +338,9 @@ def plot_bandwidth(records: Sequence[Record], path: Path, facts: str,
     ceilings = [c for c in (figure(r, CEILING_GBS_NAMES) for r in rows) if c]
     ceiling = ceiling_gbs or (max(ceilings) if ceilings else None)
     groups = group_records(rows)
-    fig = _figure(7.5, 5.0)
+    fig = new_figure(7.5, 5.0)
     ax = fig.subplots()
-    for color, ((op, impl), group) in zip(_colors(len(groups)), groups.items(), strict=True):
+    for color, ((op, impl), group) in zip(palette(len(groups)), groups.items(), strict=True):
         ax.scatter([r.exact["fwd_MACs"] for r in group], [figure(r, ACHIEVED_GBS_NAMES) for r in group],
                    s=14, color=color, label=f"{op}[{impl}]")
     if ceiling:
@@ -348,15 +348,15 @@ def plot_bandwidth(records: Sequence[Record], path: Path, facts: str,
                    label=f"measured ceiling {ceiling:,.1f} GB/s")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _log_axis(ax.xaxis)
-    _log_axis(ax.yaxis)
+    log_axis(ax.xaxis)
+    log_axis(ax.yaxis)
     ax.set_xlabel("counted forward MACs")
     ax.set_ylabel("achieved bandwidth (GB/s, minimal bytes / latency)")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
     title = "Achieved bandwidth vs the measured ceiling"
     ax.set_title(f"{title}\n{facts}", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
     return Plot(path, title, "each row's achieved GB/s; dashed: the bandwidth ceiling measured on "
                              "this device" if ceiling else "each row's achieved GB/s (no ceiling recorded)")
 

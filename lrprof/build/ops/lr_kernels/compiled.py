@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from lrprof.build.ops.lr_kernels import Relation, Sizes, register_relation
+from lrprof.build.ops.lr_kernels.base import Relation, Sizes, register_relation
 
 
 def compose(phi: str, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
+from lrprof.build.ops.lr_kernels.base import Relation, Sizes, register_relation
 from lrprof.measure.rules import Work, register_rule
-from lrprof.build.ops.lr_kernels import Relation, Sizes, register_relation
 
 SOURCE = Path(__file__).with_name("fused_cpu.cpp")
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fno-math-errno")

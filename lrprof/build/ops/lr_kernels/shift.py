@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lrprof.build.ops.lr_kernels import Relation, Sizes, register_relation
+from lrprof.build.ops.lr_kernels.base import Relation, Sizes, register_relation
 from lrprof.build.ops.lr_kernels.unfold import window_weights
 
 

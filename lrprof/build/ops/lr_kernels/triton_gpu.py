@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lrprof.build.ops.lr_kernels.base import Relation, Sizes, register_relation
 from lrprof.measure.rules import Work, register_rule
-from lrprof.build.ops.lr_kernels import Relation, Sizes, register_relation
 
 FORWARD, BACKWARD = "lrprof_triton::relation", "lrprof_triton::relation_backward"
 PHI_CODES = {"sqdiff": 0, "absdiff": 1, "mul": 2}

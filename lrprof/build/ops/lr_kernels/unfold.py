@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lrprof.build.ops.lr_kernels import Relation, Sizes, register_relation
+from lrprof.build.ops.lr_kernels.base import Relation, Sizes, register_relation
 
 
 def aggregate(windows: torch.Tensor, weights: torch.Tensor, channels: int, m: int, k2: int) -> torch.Tensor:
