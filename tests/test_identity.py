@@ -14,6 +14,7 @@ from lrprof.measure.timing import Stats, TimingOptions
 from lrprof.profile.layer import MeasureOptions, profile_layers
 from lrprof.record.records import Record, Report
 from lrprof.report import report_paths, write_report
+from lrprof.report.compare import render_text
 from lrprof.report.layer import layer_report
 from lrprof.spec.errors import InputError
 from lrprof.spec.layer import LayerSpec
@@ -66,7 +67,7 @@ def test_with_a_common_baseline_the_differing_rows_are_listed_with_their_field(t
     assert [r.config["op"] for r in result.rows] == ["conv"]  # only the identical baseline matches
     (gone,) = [e for e in result.unmatched if e["in"] == "old"]
     assert [d["field"] for d in gone["differs"]] == ["phi"]
-    assert "differs in phi: absdiff here, sqdiff there" in cmp.render_text(result)
+    assert "differs in phi: absdiff here, sqdiff there" in render_text(result)
 
 
 def _row(config: dict, median: float) -> Record:

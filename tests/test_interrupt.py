@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lrprof.cli.layer import partial_info
 from lrprof.measure.timing import Stats
+from lrprof.profile.layer import partial_layers as partial_info
 from lrprof.record.records import Record, partial_text
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,8 @@ separated, one unit per quantity, plurals."""
 import pytest
 
 from lrprof.measure.timing import Stats
-from lrprof.report.numbers import decimals_for_spread, figure, latency_text, mib, plural
+from lrprof.report.numbers import decimals_for_spread, figure, latency_text, mib
+from lrprof.spec.words import plural
 
 
 def stats(median, q1, q3, runs=10, calls=1):

@@ -9,135 +9,20 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated
 
 import typer
 
-from lrprof.spec.errors import InputError, SpecError, require_int
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    help="Profile spatially adaptive aggregation layers: latency, memory, MACs, and the "
-    "complexity model they should follow.",
+from lrprof.cli import check, compare, helptext, layer, merge, net, ops, sweep  # noqa: F401  (register the commands)
+from lrprof.cli.app import (
+    _ARGUMENTS,
+    EXIT_OK,
+    EXIT_USAGE,
+    Interrupted,
+    _invocation,
+    app,
+    keepers,
 )
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_ARGUMENTS = {"net": "NAME"}  # API parameter names that are positional arguments here
-
-
-def _version(value: bool) -> None:
-    if value:
-        import platform
-
-        import torch
-
-        from lrprof import __version__
-
-        typer.echo(f"lrprof {__version__} (torch {torch.__version__}, python {platform.python_version()})")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _group(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="print the version and exit")] = False,
-) -> None:
-    """lrprof: layer, net, sweep, merge, compare, ops and check."""
-
-
-_invocation: list[str] = []  # the arguments main() was given, recorded in every report
-
-
-def argv() -> list[str]:
-    return list(_invocation)
-
-
-def set_threads(threads: int | None) -> None:
-    """--threads applies to the whole run (counting, timing, memory), so the report's
-    environment and every timing agree on it."""
-    if threads is None:
-        return
-    require_int("threads", threads, 1)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def out_dir(out: Path | None) -> Path | None:
-    from lrprof.report import check_writable
-
-    check_writable(out if out is not None else Path("reports"))
-    return out
-
-
-def emit(report, out: Path | None, quiet: bool, paths=None, plots: bool = True) -> list[Path]:
-    """Print the terminal view, draw the plots beside the markdown, write the reports."""
-    from lrprof.report import render_terminal, report_paths, write_report
-    from lrprof.spec.errors import describe
-
-    paths = paths or report_paths(report.command, out)
-    if plots:
-        try:
-            from lrprof.report.plots import report_figures
-
-            report.figures = report_figures(report, paths["md"])
-        except Exception as exc:  # a picture that cannot be drawn costs no figure
-            report.notes.append(f"plots not drawn: {describe(exc)}")
-    if not quiet:
-        typer.echo(render_terminal(report))
-    written = write_report(report, paths)
-    written += [paths["md"].parent / f["file"] for f in report.figures]
-    typer.echo("wrote " + ", ".join(str(p) for p in written))
-    return written
-
-
-def noise_warnings(records) -> None:
-    """Oversubscription seen while timing: one stderr line each."""
-    from lrprof.measure import noise
-
-    for warning in noise.warnings(records):
-        typer.echo(f"lrprof: warning: {warning}", err=True)
-
-
-def failures(records) -> int:
-    """One stderr line per failed measurement or failed check; the exit status they mean."""
-    failed = False
-    for record in records:
-        if record.error:
-            typer.echo(f"lrprof: {record.name}: {record.error}", err=True)
-            failed = True
-        if record.checks.get("failed"):
-            typer.echo(f"lrprof: {record.name}: check failed: {record.checks['verdict']}", err=True)
-            failed = True
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM. A BaseException, like KeyboardInterrupt, so no `except Exception`
-    of a measuring step swallows it, and raised by our own handler so the command-line
-    parser does not turn it into its own abort."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM
-
-
-# What a measuring command has kept so far: called on an interrupt, it writes a partial
-# report and returns (rows kept, rows planned, directory written).
-_keepers: list[Callable[[str], tuple[int, int, Path]]] = []
-
-
-def on_interrupt(keep: Callable[[str], tuple[int, int, Path]]) -> None:
-    _keepers[:] = [keep]
+from lrprof.spec.errors import InputError, SpecError
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:
@@ -148,11 +33,11 @@ def _interrupted(exc: Interrupted) -> int:
     """One line, the partial report written; a second signal meanwhile is ignored."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    if not _keepers:
+    if not keepers:
         typer.echo("interrupted: nothing measured yet", err=True)
         return exc.exit_code
     try:
-        kept, total, where = _keepers[0](str(exc))
+        kept, total, where = keepers[0](str(exc))
     except Exception as failure:  # the partial report is a courtesy: say why it is missing
         typer.echo(f"interrupted: partial report not written ({failure})", err=True)
         return exc.exit_code
@@ -172,7 +57,7 @@ def main(args: list[str] | None = None) -> int:
             typer.echo(command.get_help(ctx))
         return EXIT_OK
     _invocation[:] = args
-    _keepers.clear()
+    keepers.clear()
     handlers = {}
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -186,7 +71,7 @@ def main(args: list[str] | None = None) -> int:
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        _keepers.clear()
+        keepers.clear()
 
 
 def _run(command, args: list[str]) -> int:
@@ -212,8 +97,6 @@ def _run(command, args: list[str]) -> int:
         return int(code)
     return int(result or 0)
 
-
-from lrprof.cli import check, compare, helptext, layer, merge, net, ops, sweep  # noqa: E402,F401  (register the commands)
 
 if __name__ == "__main__":
     sys.exit(main())

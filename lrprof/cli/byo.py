@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from lrprof.cli import EXIT_FAILED, argv, emit, failures, out_dir, set_threads
+from lrprof.cli.app import EXIT_FAILED, argv, emit, failures, out_dir, set_threads
 from lrprof.spec.errors import SpecError
 
 MODULE_ONLY = ("init", "input", "compile")  # options that mean nothing without --module
@@ -49,7 +49,6 @@ def module_layer(common: dict[str, Any], flags: dict[str, Any], op_params: dict[
                  declared: list[tuple]) -> None:
     """`lrprof layer --module ...`: raises typer.Exit with the run's status."""
     from lrprof.build.usermodule import ModuleSpec
-    from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
     from lrprof.profile.module import ModuleOptions, profile_module
     from lrprof.report.module import module_report
@@ -82,8 +81,7 @@ def module_layer(common: dict[str, Any], flags: dict[str, Any], op_params: dict[
     out = out_dir(common["out"])
     options = ModuleOptions(backward=flags["backward"], timing=timing, stock_counters=flags["stock"],
                             baseline=common["baseline"] != "none")
-    environment = collect(device)
     with user_code():
         profile = profile_module(spec, options)
-    emit(module_report(profile, argv(), environment), out, flags["quiet"])
+    emit(module_report(profile, argv()), out, flags["quiet"], plots=flags["plots"])
     raise typer.Exit(failures(profile.records))

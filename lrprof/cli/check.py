@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from lrprof.cli import EXIT_FAILED, EXIT_OK, app, argv, emit, helptext, out_dir, set_threads
+import lrprof.cli.helptext as helptext
+from lrprof.cli.app import EXIT_FAILED, EXIT_OK, app, argv, emit, out_dir, set_threads
 from lrprof.cli.byo import user_code
 from lrprof.cli.layer import schema_options
 
@@ -53,7 +54,6 @@ ARGUMENTS = (inspect.Parameter(
 
 
 def check(**options: Any) -> None:
-    from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
     from lrprof.profile.audit import AuditOptions, run_audit
     from lrprof.report.audit import audit_report
@@ -73,10 +73,9 @@ def check(**options: Any) -> None:
         timing=TimingOptions(min_runs=common["min_runs"], min_time_s=common["min_time"]),
         stock_counters=flags["stock"])
     out = out_dir(common["out"])
-    environment = collect(device)
     with user_code():  # run_audit checks every input before anything runs
         audit = run_audit(target, spec, common["init"], audit_options)
-    emit(audit_report(audit, argv(), environment), out, flags["quiet"])
+    emit(audit_report(audit, argv()), out, flags["quiet"])
     for result in audit.results:
         if result.passed is False:
             typer.echo(f"lrprof: check failed: {result.check}: {result.measured}", err=True)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from lrprof.cli import EXIT_FAILED, app, helptext, out_dir
+import lrprof.cli.helptext as helptext
+from lrprof.cli.app import EXIT_FAILED, app, out_dir
 from lrprof.spec.errors import SpecError
 
 
@@ -38,10 +39,11 @@ def compare(
 ) -> None:
     """Compare two reports: exit 0 without regression, 1 with one, 2 on bad input."""
     from lrprof.gate import compare as cmp
+    from lrprof.report import compare as render
     from lrprof.report import write_atomic
 
-    if format_ not in cmp.RENDERERS:
-        raise SpecError("format", f"one of {', '.join(cmp.RENDERERS)}", format_)
+    if format_ not in render.RENDERERS:
+        raise SpecError("format", f"one of {', '.join(render.RENDERERS)}", format_)
     if normalize not in cmp.NORMALIZE:
         raise SpecError("normalize", f"one of {', '.join(cmp.NORMALIZE)}", normalize)
     thresholds = cmp.Thresholds(
@@ -55,10 +57,10 @@ def compare(
     if out is not None:
         out_dir(out)
     result = cmp.compare(old, new, thresholds, strict=strict)
-    typer.echo(cmp.RENDERERS[format_](result), nl=format_ == "text")
+    typer.echo(render.RENDERERS[format_](result), nl=format_ == "text")
     if out is not None:
-        write_atomic(out / "compare.md", cmp.render_markdown(result))
-        write_atomic(out / "compare.json", cmp.render_json(result))
-        write_atomic(out / "compare.csv", cmp.render_csv(result))
+        write_atomic(out / "compare.md", render.render_markdown(result))
+        write_atomic(out / "compare.json", render.render_json(result))
+        write_atomic(out / "compare.csv", render.render_csv(result))
     if result.regression:
         raise typer.Exit(EXIT_FAILED)

@@ -4,13 +4,13 @@ generated from the operators' schemas (`lrprof ops` lists them)."""
 from __future__ import annotations
 
 import inspect
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from lrprof.cli import app, argv, emit, failures, helptext, noise_warnings, on_interrupt, out_dir, set_threads
+import lrprof.cli.helptext as helptext
+from lrprof.cli.app import app, argv, failures, noise_warnings, on_interrupt, out_dir, set_threads, show
 from lrprof.spec.errors import SpecError
 
 UNFINISHED_EVERY_S = 2.0  # the unfinished report is rewritten at most this often
@@ -108,15 +108,15 @@ def command_signature(common: list[tuple] = COMMON, flags: list[tuple] = FLAGS,
 
 
 def layer(**options: Any) -> None:
+    import lrprof.cli.byo as byo
     from lrprof.build.grid import layer_grid
-    from lrprof.cli import byo
     from lrprof.measure import instructions
-    from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
-    from lrprof.profile.layer import MeasureOptions, prepare_spec, profile_layers
+    from lrprof.profile.layer import MeasureOptions, partial_layers, prepare_spec, profile_layers
     from lrprof.profile.progress import Progress
-    from lrprof.report import report_paths, write_report
+    from lrprof.report import report_paths
     from lrprof.report.layer import layer_report
+    from lrprof.report.run import RunningReport
     from lrprof.spec.layer import resolve_device
 
     common = {name: options.pop(name) for name, *_ in COMMON}
@@ -143,53 +143,20 @@ def layer(**options: Any) -> None:
                              check_output=flags["check_output"], baseline=common["baseline"] != "none",
                              repeat=common["repeat"], instructions=flags["instructions"],
                              roofline=flags["roofline"])
-    environment = collect(device)  # before measuring: a failure here loses nothing
     paths = report_paths("layer", out)
-    progress: list = []  # the records as far as measured, for a partial report
-
-    def partial_report(why: str | None):
-        report = layer_report(progress, argv(), environment, grid.unavailable)
-        report.partial = partial_info(why, progress, len(specs), measure.repeat)
-        return report
-
-    written = [0.0]  # when the unfinished report was last written
-
-    def update(found: list) -> None:  # after each step: a killed run keeps what it measured
-        progress[:] = found
-        if time.monotonic() - written[0] >= UNFINISHED_EVERY_S:  # big grids: not every row
-            write_report(partial_report(None), paths)
-            written[0] = time.monotonic()
-
-    def keep(signal_name: str) -> tuple[int, int, Path]:
-        report = partial_report(signal_name)
-        write_report(report, paths)
-        return report.partial["rows_kept"], report.partial["rows_total"], paths["json"].parent
-
-    on_interrupt(keep)
+    running = RunningReport(
+        "layer", paths, lambda records, env: layer_report(records, argv(), env, grid.unavailable),
+        lambda why, records: partial_layers(why, records, len(specs), measure.repeat),
+        every_s=UNFINISHED_EVERY_S)
+    on_interrupt(running.keep)
     with Progress(total=len(specs), what="steps", title="lrprof layer", quiet=flags["quiet"],
                   delay_s=PROGRESS_DELAY_S) as reporter:
-        records = profile_layers(specs, measure, on_update=update, progress=reporter)
-    report = layer_report(records, argv(), environment, grid.unavailable)
-    emit(report, out, flags["quiet"], paths, plots=flags["plots"])
+        records = profile_layers(specs, measure, on_update=running.update, progress=reporter,
+                                 on_start=running.start)
+    report, written = running.finish(records, plots=flags["plots"])
+    show(report, written, flags["quiet"])
     noise_warnings(records)
     raise typer.Exit(failures(records))
-
-
-def partial_info(signal_name: str | None, records: list, planned: int, repeat: int) -> dict[str, Any]:
-    """What an interrupted layer report holds: a row counts as measured when it was timed
-    (with --repeat, in at least one process) or failed with its error recorded."""
-    measured = [r for r in records if r.latency or r.error]
-    info: dict[str, Any] = {
-        "interrupted_by": signal_name,
-        "rows_total": len(records) or planned,
-        "rows_kept": len(measured),
-        "not_measured": [r.name for r in records if r not in measured],
-    }
-    if repeat > 1:
-        done = [s.processes for r in measured for s in r.latency.values()]
-        info["processes_done"] = min(done, default=0)
-        info["processes_planned"] = repeat
-    return info
 
 
 _SCHEMA_COMMANDS: list[tuple[Any, list[tuple], list[tuple], tuple[inspect.Parameter, ...]]] = []

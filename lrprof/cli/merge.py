@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from lrprof.cli import app, helptext, out_dir
+import lrprof.cli.helptext as helptext
+from lrprof.cli.app import app, out_dir, write_sweep_report
 
 
 @app.command(epilog=helptext.MERGE)
@@ -26,7 +27,6 @@ def merge(
 
     Example: lrprof merge runs/ --out reports/sweep
     """
-    from lrprof.cli.sweep import write_sweep_report
     from lrprof.sweep.merge import merge_rows
 
     merged = merge_rows(paths, allow_mixed=allow_mixed)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from lrprof.cli import app, argv, emit, failures, helptext, noise_warnings, on_interrupt, out_dir, set_threads
+import lrprof.cli.helptext as helptext
+from lrprof.cli.app import app, argv, failures, noise_warnings, on_interrupt, out_dir, set_threads, show
 from lrprof.cli.layer import PROGRESS_DELAY_S
 from lrprof.spec.errors import SpecError
 
@@ -43,12 +44,12 @@ def net(
 ) -> None:
     """Profile a whole network: totals, stages, layers, and the paper's table."""
     from lrprof.build.nets import list_nets
-    from lrprof.measure.device import collect
     from lrprof.measure.timing import TimingOptions
-    from lrprof.profile.net import NetOptions, NetSpec, profile_nets
+    from lrprof.profile.net import NetOptions, NetSpec, partial_nets, profile_nets
     from lrprof.profile.progress import Progress
-    from lrprof.report import report_paths, write_report
+    from lrprof.report import report_paths
     from lrprof.report.net import net_report
+    from lrprof.report.run import RunningReport
     from lrprof.spec.layer import parse_size, resolve_device
 
     if list_:
@@ -82,39 +83,18 @@ def net(
         except SpecError as exc:  # name the option, not the positional NAME
             raise SpecError("vs", exc.allowed, exc.got) from None
     out = out_dir(out)
-    paths = report_paths("net", out)
-    environment = collect(resolved)  # before measuring: a failure here loses nothing
-    progress: list = []  # the profiles as far as measured
-
-    def partial_report(why: str | None):
-        report = net_report(progress, argv(), environment)
-        report.partial = partial_info(why, progress, [s.label for s in specs])
-        return report
-
-    def write(profiles) -> None:  # after each step: a killed run keeps what it measured
-        progress[:] = profiles
-        write_report(partial_report(None), paths)
-
-    def keep(signal_name: str) -> tuple[int, int, Path]:
-        report = partial_report(signal_name)
-        write_report(report, paths)
-        return report.partial["rows_kept"], report.partial["rows_total"], paths["json"].parent
-
-    on_interrupt(keep)
+    running = RunningReport(
+        "net", report_paths("net", out), lambda profiles, env: net_report(profiles, argv(), env),
+        lambda why, profiles: partial_nets(why, profiles, [s.label for s in specs]))
+    on_interrupt(running.keep)
     with Progress(total=len(specs), what="steps", title="lrprof net", quiet=quiet,
                   delay_s=PROGRESS_DELAY_S) as reporter:
-        profiles = profile_nets(specs, options, on_update=write, progress=reporter)
-    emit(net_report(profiles, argv(), environment), out, quiet, paths, plots=plots)
+        profiles = profile_nets(specs, options, on_update=running.update, progress=reporter,
+                                on_start=running.start)
+    report, written = running.finish(profiles, plots=plots)
+    show(report, written, quiet)
     noise_warnings([p.net for p in profiles])
     raise typer.Exit(failures([p.net for p in profiles]))
-
-
-def partial_info(why: str | None, profiles: list, planned: list[str]) -> dict:
-    """A network counts as measured once it was timed whole (or failed with its error);
-    the others, and those never started, are listed."""
-    measured = [p.net.name for p in profiles if p.net.latency or p.net.error]
-    return {"interrupted_by": why, "rows_total": len(planned), "rows_kept": len(measured),
-            "not_measured": [name for name in planned if name not in measured]}
 
 
 def _net_options(name: str) -> dict:

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from lrprof.cli import app, helptext
+import lrprof.cli.helptext as helptext
+from lrprof.cli.app import app
 from lrprof.spec.errors import SpecError
 
 FORMATS = ("text", "markdown", "json")

@@ -10,7 +10,8 @@ from typing import Any
 
 import typer
 
-from lrprof.cli import EXIT_FAILED, EXIT_OK, app, argv, emit, failures, helptext, out_dir, set_threads
+import lrprof.cli.helptext as helptext
+from lrprof.cli.app import EXIT_FAILED, EXIT_OK, app, argv, out_dir, set_threads, write_sweep_report
 from lrprof.cli.layer import schema_options
 from lrprof.spec.errors import InputError, SpecError
 
@@ -137,36 +138,6 @@ def _invalid(plan) -> list[dict[str, Any]]:
     from lrprof.sweep.run import invalid_entries
 
     return invalid_entries(plan)
-
-
-def write_sweep_report(merged, out: Path | None, quiet: bool, plots: bool,
-                       wall_s: float | None = None) -> int:
-    """Fits, plots and the report of merged rows; the exit status they mean."""
-    from lrprof.report import report_paths
-    from lrprof.report.sweep import sweep_report
-    from lrprof.sweep.fits import fit_records
-
-    paths = report_paths("sweep", out)
-    md = paths["md"]
-    fits = fit_records(merged.records)
-    made = []
-    if plots and merged.records:
-        try:
-            from lrprof.report.plots import sweep_plots
-        except ImportError as exc:
-            typer.echo(f"lrprof: plots skipped: {exc} (pip install matplotlib)", err=True)
-        else:
-            made = sweep_plots(merged.records, fits, md.parent, md.name[: -len(".md")], merged.environment)
-    report = sweep_report(merged, fits, made, argv(), plot_dir=md.parent, wall_s=wall_s)
-    emit(report, out, quiet, paths)
-    if made:
-        typer.echo("wrote " + ", ".join(str(p.path) for p in made))
-    code = failures(merged.records)
-    if merged.missing:
-        typer.echo(f"lrprof: {len(merged.missing)} grid row(s) missing from the rows files, e.g. "
-                   f"{merged.missing[0]}", err=True)
-        code = EXIT_FAILED
-    return code
 
 
 def _submit(config, plan, common: dict[str, Any], flags: dict[str, Any]) -> int:

@@ -18,37 +18,35 @@ is one input error naming the file, the row and the field.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lrprof.gate import stats as gate_stats
+from lrprof.gate.match import by_key, environment_warnings, timing_setups, unmatched_entry, unmatched_text
 from lrprof.measure import noise
 from lrprof.measure.memory import MemoryStats
 from lrprof.measure.timing import Stats
-from lrprof.record.records import (
-    ENV_COLUMNS,
-    EXACT_COLUMNS,
-    INSTRUCTION_COLUMNS,
-    PHASES,
-    SCHEMA,
-    Record,
-    parse_cell,
-    partial_text,
-)
-from lrprof.record.validate import check_csv_row, check_json_record
-from lrprof.report import fmt
-from lrprof.report.numbers import plural
+from lrprof.record.load import Loaded, load
+from lrprof.record.records import EXACT_COLUMNS, INSTRUCTION_COLUMNS, PHASES, Record
 from lrprof.spec.errors import InputError, SpecError
 
 WORSE, MODEL, ERROR, NOISE, BETTER, SAME = "worse", "model change", "error", "noise", "better", "same"
+
+
 NOT_COMPARED = "not compared"  # nothing in common to compare (the old row failed): never "same"
+
+
 SEVERITY = {ERROR: 0, MODEL: 1, WORSE: 2, NOT_COMPARED: 3, NOISE: 4, BETTER: 5, SAME: 6}
+
+
 FAILING = {ERROR, MODEL, WORSE}
+
+
 MIN_RUNS_FOR_IQR = 4
+
+
 NORMALIZE = ("none", "baseline")
 
 
@@ -61,20 +59,6 @@ class Thresholds:
     require_all: bool = False  # a baseline row missing from the new report fails
     normalize: str = "none"  # "baseline": latency relative to the same run's 3x3 conv row
     confidence: float = gate_stats.CONFIDENCE
-
-
-@dataclass
-class Loaded:
-    path: Path
-    records: list[Record]
-    environment: dict[str, Any]
-    partial: str | None = None  # why the report is incomplete, if it is
-
-    def by_name(self) -> dict[str, Record]:
-        found: dict[str, Record] = {}
-        for r in self.records:
-            found.setdefault(r.name, r)
-        return found
 
 
 @dataclass
@@ -161,97 +145,6 @@ def parse_percent(text: str, param: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise SpecError(param, "a finite percentage >= 0", text)
     return value / 100.0
-
-
-def load(path: Path) -> Loaded:
-    """A report written by lrprof, as JSON or CSV; anything else is a one-line input error."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such report file")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        except RecursionError:
-            raise InputError(f"{path}: not valid JSON (nested too deeply)") from None
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise InputError(f"{path}: not an lrprof report (expected schema {SCHEMA})")
-        if not isinstance(data.get("records"), list):
-            raise InputError(f"{path}: malformed lrprof report (records: a list expected)")
-        for index, raw in enumerate(data["records"]):
-            check_json_record(path, index, raw)
-        try:
-            records = [Record.from_dict(r) for r in data["records"]]
-            env = dict(data["environment"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InputError(f"{path}: malformed lrprof report ({exc})") from None
-        partial = data.get("partial")
-        return Loaded(path, records, env, partial_text(partial) if isinstance(partial, dict) else None)
-    if path.suffix.lower() == ".csv":
-        try:
-            rows = list(csv.DictReader(text.splitlines()))
-        except csv.Error as exc:
-            raise InputError(f"{path}: not a readable CSV file ({exc})") from None
-        if not rows or "kind" not in rows[0] or "name" not in rows[0]:
-            raise InputError(f"{path}: not an lrprof CSV report (needs kind and name columns)")
-        typed = [{k: parse_cell(v or "") for k, v in row.items() if k is not None} for row in rows]
-        for index, row in enumerate(typed):
-            check_csv_row(path, index, row)
-        try:
-            records = [Record.from_row(row) for row in typed]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InputError(f"{path}: malformed lrprof CSV report ({exc})") from None
-        env = {c: rows[0].get(c) for c in ENV_COLUMNS if rows[0].get(c)}
-        env["device"] = rows[0].get("device")
-        return Loaded(path, records, env, rows[0].get("partial_report") or None)
-    raise InputError(f"{path}: unknown report format (expected .json or .csv)")
-
-
-def _key(record: Record) -> tuple:
-    return (record.kind, *sorted((k, str(v)) for k, v in record.config.items()))
-
-
-def differing_fields(a: Record, b: Record) -> list[tuple[str, Any, Any]]:
-    """The identity fields where two rows differ: (field, a's value, b's value); a field
-    only one of them has differs too."""
-    fields = list(dict.fromkeys([*a.config, *b.config]))
-    return [(f, a.config.get(f), b.config.get(f)) for f in fields
-            if str(a.config.get(f)) != str(b.config.get(f))]
-
-
-def nearest(record: Record, candidates: list[Record]) -> tuple[Record, list[tuple[str, Any, Any]]] | None:
-    """The candidate of the same kind whose identity differs in the fewest fields."""
-    same_kind = [c for c in candidates if c.kind == record.kind]
-    if not same_kind:
-        return None
-    best = min(same_kind, key=lambda c: len(differing_fields(c, record)))
-    return best, differing_fields(best, record)
-
-
-def unmatched_entry(record: Record, candidates: list[Record], where: str) -> dict[str, Any]:
-    """An unmatched row, its nearest row on the other side and the fields that differ
-    (values given as this row's, then the nearest's)."""
-    found = nearest(record, candidates)
-    entry: dict[str, Any] = {"in": where, "name": record.name, "nearest": None, "differs": []}
-    if found is not None:
-        other, diffs = found
-        entry["nearest"] = other.name
-        entry["differs"] = [{"field": f, "this": y, "nearest": x} for f, x, y in diffs]
-    return entry
-
-
-def unmatched_text(entry: dict[str, Any]) -> str:
-    """'NAME (nearest: NAME2, differs in phi: mul here, sqdiff there)'."""
-    if entry["nearest"] is None:
-        return f"{entry['name']} (no row of its kind on the other side)"
-    what = ", ".join(f"{d['field']}: {_shown(d['this'])} here, {_shown(d['nearest'])} there"
-                     for d in entry["differs"])
-    return f"{entry['name']} (nearest: {entry['nearest']}; differs in {what})"
-
-
-def _shown(value: Any) -> str:
-    return "(absent)" if value is None else str(value)
 
 
 def _noisy(metric: str, old: float, new: float, old_span: tuple[float, float],
@@ -450,34 +343,6 @@ def _is_baseline_only(record: Record) -> bool:
     return record.derived.get("role") == "baseline"
 
 
-def _timing_setups(records: list[Record]) -> set[str]:
-    return {plural(s.threads, "thread") for r in records for s in r.latency.values() if s.threads}
-
-
-def environment_warnings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    warnings = []
-    for key, label in (("device", "device"), ("device_name", "device model"),
-                       ("torch_version", "torch version"), ("lrprof_version", "lrprof version")):
-        a, b = old.get(key), new.get(key)
-        # A CSV row knows 'cuda', its JSON 'cuda:0': devices compare by type.
-        same = (str(a).split(":")[0] == str(b).split(":")[0]) if key == "device" else str(a) == str(b)
-        if a and b and not same:
-            warnings.append(f"{label} differs: {a} (old) vs {b} (new)")
-    return warnings
-
-
-def _by_key(loaded: Loaded, warnings: list[str]) -> dict[tuple, Record]:
-    by_key: dict[tuple, Record] = {}
-    for record in loaded.records:
-        key = _key(record)
-        if key in by_key:
-            warnings.append(f"{loaded.path}: rows {by_key[key].name!r} and {record.name!r} have the "
-                            "same configuration; only the first is compared")
-            continue
-        by_key[key] = record
-    return by_key
-
-
 def _normalize_warnings(new: Loaded, matched: list[Record]) -> list[str]:
     """Normalising needs baseline rows; rows without one are gated raw, and said so."""
     timed = [r for r in matched if r.latency]
@@ -496,13 +361,13 @@ def compare(old_path: Path, new_path: Path, thresholds: Thresholds | None = None
     thresholds = thresholds or Thresholds()
     old, new = load(old_path), load(new_path)
     warnings = environment_warnings(old.environment, new.environment)
-    old_threads, new_threads = _timing_setups(old.records), _timing_setups(new.records)
+    old_threads, new_threads = timing_setups(old.records), timing_setups(new.records)
     if old_threads and new_threads and old_threads != new_threads:
         warnings.append(f"CPU timings ran on different thread counts: {', '.join(sorted(old_threads))} "
                         f"(old) vs {', '.join(sorted(new_threads))} (new)")
     if strict and warnings:
         raise InputError("reports come from different setups (--strict): " + "; ".join(warnings))
-    old_by_key, new_by_key = _by_key(old, warnings), _by_key(new, warnings)
+    old_by_key, new_by_key = by_key(old, warnings), by_key(new, warnings)
     matched = [k for k in new_by_key if k in old_by_key]
     old_rest = [old_by_key[k] for k in old_by_key if k not in new_by_key]
     new_rest = [new_by_key[k] for k in new_by_key if k not in old_by_key]
@@ -524,112 +389,3 @@ def compare(old_path: Path, new_path: Path, thresholds: Thresholds | None = None
     only_old = [r.name for r in old_rest]
     only_new = [r.name for r in new_rest]
     return Comparison(old_path, new_path, rows, only_old, only_new, warnings, thresholds, unmatched)
-
-
-# ---- rendering ----------------------------------------------------------------------------
-
-
-def verdict_line(c: Comparison) -> str:
-    counts: dict[str, int] = {}
-    for r in c.rows:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: SEVERITY[i[0]]))
-    head = "REGRESSION" if c.regression else "no regression"
-    missing = (f"; {plural(len(c.only_old), 'baseline row')} missing (--require-all)"
-               if c.missing_fails else "")
-    flagged = f"; {len(c.unreliable)} with unreliable timings" if c.unreliable else ""
-    return f"{head}: {plural(len(c.rows), 'matched row')} ({tally}){missing}{flagged}"
-
-
-def table_rows(c: Comparison, include_same: bool) -> list[list[str]]:
-    out = []
-    for r in c.rows:
-        shown = [m for m in r.metrics if m.status != SAME] or (r.metrics[:1] if include_same else [])
-        if r.status == SAME and not include_same:
-            continue
-        for m in shown:
-            change = "" if m.change_pct is None else f"{m.change_pct:+.1f}%"
-            out.append([r.status, r.name, m.metric, fmt(m.old), fmt(m.new), change, m.why])
-    return out
-
-
-HEADERS = ["status", "row", "metric", "old", "new", "change", "why"]
-
-
-def render_text(c: Comparison) -> str:
-    from tabulate import tabulate
-
-    lines = [f"warning: {w}" for w in c.warnings]
-    lines.append(verdict_line(c))
-    rows = table_rows(c, include_same=False)
-    if rows:
-        lines.append(tabulate(rows, headers=HEADERS, tablefmt="simple", disable_numparse=True))
-    lines += _unmatched_lines(c)
-    lines += _unreliable_lines(c)
-    return "\n".join(lines)
-
-
-def _unreliable_lines(c: Comparison) -> list[str]:
-    return [f"unreliable timing: {r.name}: {'; '.join(r.unreliable)}" for r in c.unreliable]
-
-
-def _unmatched_lines(c: Comparison) -> list[str]:
-    lines = []
-    for where, path in (("old", c.old), ("new", c.new)):
-        texts = [unmatched_text(e) for e in c.unmatched if e["in"] == where]
-        if texts:
-            lines.append(f"only in {path} (not compared): " + "; ".join(texts))
-    return lines
-
-
-def render_markdown(c: Comparison) -> str:
-    from tabulate import tabulate
-
-    t = c.thresholds
-    parts = [f"## lrprof compare: {verdict_line(c)}", ""]
-    parts += [f"> **warning:** {w}" for w in c.warnings] + ([""] if c.warnings else [])
-    latency = ("latency relative to the 3x3 conv baseline row of the same run"
-               if t.normalize == "baseline" else "latency")
-    parts.append(f"Old `{c.old}`, new `{c.new}`. Thresholds: slowdown {100 * t.max_slowdown:g}% "
-                 f"({latency}), memory growth {100 * t.max_memory_growth:g}%, instructions "
-                 f"{100 * t.max_instruction_growth:g}%. A latency change counts only past its "
-                 f"threshold and significant (the {t.confidence:.0%} two-level bootstrap interval of the "
-                 "ratio of medians excludes 1; without raw samples: outside both runs' IQR, or "
-                 f"min-max under {MIN_RUNS_FOR_IQR} runs); memory: outside both min-max ranges. "
-                 "Exact figures must be equal.")
-    parts.append("")
-    rows = table_rows(c, include_same=False)
-    if rows:
-        parts += [tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True), ""]
-    same = sum(1 for r in c.rows if r.status == SAME)
-    if same:
-        parts += [f"{same} row(s) unchanged.", ""]
-    parts += [f"- {line}" for line in _unmatched_lines(c) + _unreliable_lines(c)]
-    return "\n".join(parts).rstrip() + "\n"
-
-
-def render_json(c: Comparison) -> str:
-    return json.dumps(c.to_dict(), indent=2, default=str) + "\n"
-
-
-def render_csv(c: Comparison) -> str:
-    """One line per compared metric of every matched row (unchanged ones too), with the
-    row's identity: what a spreadsheet or a later script needs."""
-    import csv
-    import io
-
-    fields = ["row_status", "kind", "row", "metric", "old", "new", "change_pct", "metric_status", "why",
-              "identity"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for r in c.rows:
-        for m in r.metrics:
-            writer.writerow({"row_status": r.status, "kind": r.kind, "row": r.name, "metric": m.metric,
-                             "old": m.old, "new": m.new, "change_pct": m.change_pct,
-                             "metric_status": m.status, "why": m.why,
-                             "identity": json.dumps(r.config, sort_keys=True, default=str)})
-    return buffer.getvalue()
-
-
-RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_json}

@@ -44,6 +44,15 @@ class Environment:
         known["ceilings"] = known.get("ceilings") or []
         return cls(**known)
 
+    @classmethod
+    def unrecorded(cls, device: str = "cpu") -> Environment:
+        """For a report rendered from records alone (the API without an environment): every
+        fact says it was not recorded, rather than one made up now."""
+        none = "not recorded"
+        return cls(device=device, device_name=none, torch_version=none, lrprof_version=none,
+                   python_version=none, platform=none, git_commit=None, cpu_model=None,
+                   cpu_logical_cores=None, torch_threads=0)
+
     def summary(self) -> str:
         many = "" if self.torch_threads == 1 else "s"
         threads = f", {self.torch_threads} thread{many}" if self.device == "cpu" else ""
@@ -152,7 +161,7 @@ def _cuda_facts(device: torch.device, unreadable: dict[str, str]) -> dict[str, A
 
 
 def collect(device: torch.device) -> Environment:
-    from lrprof import __version__
+    from lrprof.spec.version import __version__
 
     unreadable: dict[str, str] = {}
     cuda: dict[str, Any] = {}

@@ -22,6 +22,7 @@ from lrprof.build.ops.registry import spec_label
 from lrprof.measure import counting, roofline
 from lrprof.measure.accuracy import METHOD as OUTPUT_METHOD
 from lrprof.measure.accuracy import compare_with_reference
+from lrprof.measure.device import Environment, collect
 from lrprof.measure.instructions import count_rows
 from lrprof.measure.timing import TimingOptions
 from lrprof.profile.checks import count_checks, settle
@@ -108,12 +109,15 @@ def _key(spec: LayerSpec) -> tuple:
 
 def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None,
                    on_update: Callable[[list[Record]], None] | None = None,
-                   progress: Any = None) -> list[Record]:
+                   progress: Any = None,
+                   on_start: Callable[[Environment], None] | None = None) -> list[Record]:
     """Measure every configuration (and, with `options.baseline`, its 3x3 conv baseline),
     timed in one interleaved schedule. Invalid specs raise SpecError before anything is
     measured; failures while measuring are kept in each record's `error`.
     `on_update(records)` runs after each step (partial reports of an interrupted run);
-    `progress` (a `lrprof.profile.progress.Progress`) hears of each step as it starts and ends."""
+    `progress` (a `lrprof.profile.progress.Progress`) hears of each step as it starts and ends;
+    `on_start(environment)` gets the machine's facts, collected before anything is measured
+    (so a failure there loses nothing), the roofline's ceilings added once they are measured."""
     options = options or MeasureOptions()
     progress = progress or NoProgress()
     rows: dict[tuple, _Row] = {}
@@ -140,6 +144,9 @@ def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None
                 row.baseline = add(reference, BASELINE)
     for row in rows.values():
         row.record.derived["role"] = ", ".join(row.roles)
+    environment = collect(next(iter(rows.values())).device if rows else resolve_device("auto"))
+    if on_start:
+        on_start(environment)
     steps, plan = _plan(len(rows), options)
     progress.plan(steps, plan["total"])
     update()
@@ -168,6 +175,7 @@ def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None
         _derive(row)
         if options.roofline:
             run_step(row.record, "roofline", lambda row=row: _roofline(row), row.device)
+    environment.ceilings = [c.to_dict() for c in roofline.measured()]
     update()
     if options.instructions:
         progress.start("counting instructions under callgrind")
@@ -194,6 +202,23 @@ def _plan(rows: int, options: MeasureOptions) -> tuple[int, dict[str, float]]:
         work["instructions"] if options.instructions else 0.0)
     return steps, {**work, "total": total}
 
+
+
+def partial_layers(signal_name: str | None, records: list, planned: int, repeat: int) -> dict[str, Any]:
+    """What an interrupted layer report holds: a row counts as measured when it was timed
+    (with --repeat, in at least one process) or failed with its error recorded."""
+    measured = [r for r in records if r.latency or r.error]
+    info: dict[str, Any] = {
+        "interrupted_by": signal_name,
+        "rows_total": len(records) or planned,
+        "rows_kept": len(measured),
+        "not_measured": [r.name for r in records if r not in measured],
+    }
+    if repeat > 1:
+        done = [s.processes for r in measured for s in r.latency.values()]
+        info["processes_done"] = min(done, default=0)
+        info["processes_planned"] = repeat
+    return info
 
 
 def profile_layer(spec: LayerSpec, options: MeasureOptions | None = None) -> Record:
@@ -330,5 +355,5 @@ def prepare_row(spec: LayerSpec, options: MeasureOptions | None = None,
     _prepare(row, options)
     return record, row.phases
 
-__all__ = ["MeasureOptions", "available_impls", "baseline_spec", "prepare_row",
+__all__ = ["MeasureOptions", "available_impls", "baseline_spec", "partial_layers", "prepare_row",
            "prepare_spec", "profile_layer", "profile_layers"]

@@ -35,6 +35,7 @@ from lrprof.build.usermodule import (
 )
 from lrprof.measure import counting
 from lrprof.measure.counting import missing_text
+from lrprof.measure.device import Environment, collect
 from lrprof.measure.parts import METHOD as HOOK_METHOD
 from lrprof.measure.parts import Parts, time_parts_interleaved
 from lrprof.measure.timing import Stats, TimingOptions
@@ -71,6 +72,7 @@ class ModuleProfile:
     module: nn.Module | None = None
     inputs: tuple[Any, ...] = ()
     phases: dict[str, Phase] = field(default_factory=dict)
+    environment: Environment | None = None  # collected before anything was measured
 
     @property
     def records(self) -> list[Record]:
@@ -204,7 +206,7 @@ def profile_instance(module: nn.Module, inputs: Sequence[Any], options: ModuleOp
     record.detail["compiled"] = is_compiled(module)
     out = _first_tensor(output)
     record.detail["output_shape"] = list(out.shape) if out is not None else None
-    profile = ModuleProfile(record, module=module, inputs=inputs)
+    profile = ModuleProfile(record, module=module, inputs=inputs, environment=collect(device))
     profile.phases = prepare_module_row(record, module, inputs, device, options)
     timed = [(record, profile.phases)] if profile.phases else []
     if options.baseline:

@@ -20,6 +20,7 @@ from lrprof.build.nets import RUNTIME_OPTIONS, STAGES, create_net, display_name,
 from lrprof.build.nets.cost import LayerCost, exact_by_layer
 from lrprof.build.nets.paper import PAPER_INPUT, paper_checks
 from lrprof.measure import counting
+from lrprof.measure.device import Environment, collect
 from lrprof.measure.parts import METHOD as HOOK_METHOD
 from lrprof.measure.parts import Parts, time_parts_interleaved
 from lrprof.measure.timing import Stats, TimingOptions
@@ -125,15 +126,19 @@ def profile_net(spec: NetSpec, options: NetOptions | None = None) -> NetProfile:
 
 def profile_nets(specs: list[NetSpec], options: NetOptions | None = None,
                  on_update: Callable[[list[NetProfile]], None] | None = None,
-                 progress: Any = None) -> list[NetProfile]:
+                 progress: Any = None,
+                 on_start: Callable[[Environment], None] | None = None) -> list[NetProfile]:
     """Count, time and measure networks; their timings and breakdowns interleaved. Invalid
     specs raise SpecError before anything runs; failures while measuring are kept in each
     net record's `error`. `on_update(profiles)` runs after each step (partial reports);
-    `progress` (a `lrprof.profile.progress.Progress`) hears of each step as it starts and ends."""
+    `progress` (a `lrprof.profile.progress.Progress`) hears of each step as it starts and ends;
+    `on_start(environment)` gets the machine's facts before anything is measured."""
     options = options or NetOptions()
     progress = progress or NoProgress()
     for spec in specs:
         spec.validate()
+    if on_start:
+        on_start(collect(resolve_device(specs[0].device)))
     work = _plan(len(specs), options)
     progress.plan(len(specs) + 2 + (1 if options.per_layer else 0), sum(work.values()))
     profiles = []
@@ -307,4 +312,13 @@ def _layer_records(profile: NetProfile, layer_times: dict[str, list[float]]) -> 
         })
         profile.layers.append(r)
 
-__all__ = ["NetOptions", "NetProfile", "NetSpec", "net_costs", "profile_net", "profile_nets"]
+
+def partial_nets(why: str | None, profiles: list, planned: list[str]) -> dict:
+    """A network counts as measured once it was timed whole (or failed with its error);
+    the others, and those never started, are listed."""
+    measured = [p.net.name for p in profiles if p.net.latency or p.net.error]
+    return {"interrupted_by": why, "rows_total": len(planned), "rows_kept": len(measured),
+            "not_measured": [name for name in planned if name not in measured]}
+
+
+__all__ = ["NetOptions", "NetProfile", "NetSpec", "net_costs", "partial_nets", "profile_net", "profile_nets"]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from lrprof.build.ops.registry import spec_label
 from lrprof.measure import device as device_facts
 from lrprof.profile.audit.probes import MOVE_TOLERANCE, TOLERANCE
@@ -62,8 +60,8 @@ def audit_report(audit: Audit, argv: list[str] | None = None,
                  environment: device_facts.Environment | None = None) -> Report:
     spec = audit.spec
     if environment is None:
-        device = spec.device if spec.device != "auto" else "cpu"
-        environment = device_facts.collect(torch.device(device))
+        environment = audit.environment or device_facts.Environment.unrecorded(
+            spec.device if spec.device != "auto" else "cpu")
     timed = [r for r in (audit.user, audit.own) if r is not None]
     failed = [r.check for r in audit.results if r.passed is False]
     verdict = f"FAILED: {', '.join(failed)}" if failed else "every check passed"

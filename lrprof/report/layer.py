@@ -7,10 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from lrprof.measure import device as device_facts
-from lrprof.measure import noise, roofline
+from lrprof.measure import noise
 from lrprof.record.records import Record, Report, Section
 from lrprof.report import latency_text
 from lrprof.report.numbers import fmt, mib, runs_text
@@ -276,9 +274,7 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
                  unavailable: dict[str, dict[str, str]] | None = None) -> Report:
     if environment is None:
         device = records[0].detail.get("device", records[0].config["device"]) if records else "cpu"
-        environment = device_facts.collect(torch.device(device))
-    if not environment.ceilings:
-        environment.ceilings = [c.to_dict() for c in roofline.measured()]
+        environment = device_facts.Environment.unrecorded(str(device))
     sections = [
         Section("Layers (MACs: multiply-accumulates, 1 MAC = 2 FLOPs)", summary_rows(records),
                 "rows timed in one interleaved schedule; conv3x3: the dense 3x3 conv of each row's shape",

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from lrprof.measure import device as device_facts
 from lrprof.measure.parts import METHOD as HOOK_METHOD
 from lrprof.record.records import Record, Report, Section
@@ -48,7 +46,8 @@ def module_report(profile: ModuleProfile, argv: list[str] | None = None,
     main = profile.record
     records = [main] + ([profile.baseline] if profile.baseline else [])
     if environment is None:
-        environment = device_facts.collect(torch.device(main.detail.get("device", "cpu")))
+        environment = profile.environment or device_facts.Environment.unrecorded(
+            str(main.detail.get("device", "cpu")))
     compiled = main.detail.get("compiled")
     part_note = (
         "MACs (incl.): counted in one forward pass inside the module and its children; own: in its "

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from lrprof.build.nets import get_net
 from lrprof.build.nets.cost import exact_by_layer
 from lrprof.build.nets.paper import (
@@ -137,7 +135,7 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
                terminal_layers: int = 15) -> Report:
     """All sections go to markdown; the terminal gets the summary views and the slowest
     layers only."""
-    env = environment or device_facts.collect(torch.device(profiles[0].spec.device))
+    env = environment or device_facts.Environment.unrecorded(profiles[0].spec.device)
     sections = [Section("Networks (MACs: multiply-accumulates; 1 MAC = 2 FLOPs)", summary_rows(profiles),
                         essential=("net", NET_MS, NET_BWD_MS, "verdict", "fwd MACs (G)", "params (M)",
                                    "fwd peak (MiB)"),

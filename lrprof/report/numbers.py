@@ -75,8 +75,3 @@ def runs_text(stats: Any) -> str:
 def mib(value: int | float | None) -> float | None:
     """Bytes as MiB for tables (the files keep bytes)."""
     return None if value is None else value / MIB
-
-
-def plural(count: int, noun: str, many: str | None = None) -> str:
-    """'1 thread', '2 threads'; `many` for irregular plurals."""
-    return f"{count:,} {noun if count == 1 else (many or noun + 's')}"

@@ -38,8 +38,9 @@ from lrprof.build.usermodule import (
     parse_init,
     run_once,
 )
+from lrprof.measure.device import Environment, collect
 from lrprof.measure.timing import TimingOptions
-from lrprof.profile.audit import probes
+from lrprof.profile.audit import module_probes, probes
 from lrprof.profile.audit.mapping import Mapping, map_arguments
 from lrprof.profile.audit.probes import Result, Subject
 from lrprof.profile.steps import measure_memory, time_rows
@@ -73,6 +74,7 @@ class Audit:
     user: Record | None = None  # kind "module": the user's class, counted and timed
     own: Record | None = None  # kind "layer": lrprof's implementation, same schedule
     checks: list[Record] = field(default_factory=list)  # kind "check": one per result
+    environment: Environment | None = None  # collected before anything was measured
 
     @property
     def failed(self) -> bool:
@@ -112,7 +114,7 @@ def run_audit(target: str, spec: LayerSpec, init: str | dict | None = None,
     inputs = op.make_inputs(spec, torch.Generator().manual_seed(options.seed))
     module = build_module(loaded, mapping.kwargs, device, spec.torch_dtype, options.seed)
     run_once(module, inputs, loaded.call_text(mapping.kwargs))
-    audit = Audit(loaded, spec, mapping)
+    audit = Audit(loaded, spec, mapping, environment=collect(device))
     reference = spec.replace(impl=op.reference_impl)
     user = Subject(loaded.name, lambda: loaded.obj(**mapping.kwargs), device)
     own = Subject(f"lrprof {op.name}[{op.reference_impl}]",
@@ -157,11 +159,14 @@ def _probes(user: Subject, own: Subject, spec: LayerSpec, seed: int) -> list[Res
                             lambda: probes.equivariance(user64, own64, x1, stride, reach, seed)))
     results.append(_guarded("border behaviour", lambda: probes.border(
         user64, own64, c, h, w, -(-margin // stride), user.device, seed)))
-    results.append(_guarded("every tensor registered", lambda: probes.registration(user, single, seed)))
+    results.append(_guarded("every tensor registered",
+                            lambda: module_probes.registration(user, single, seed)))
     for dtype in DTYPES_PROBED:
         name = f"runs in {str(dtype).replace('torch.', '')}"
-        results.append(_guarded(name, lambda dtype=dtype: probes.runs_in(user, own, single, dtype, seed)))
-    results.append(_guarded("deterministic on repeat", lambda: probes.determinism(user, single, seed=seed)))
+        results.append(_guarded(name, lambda dtype=dtype: module_probes.runs_in(user, own, single, dtype,
+                                                                                 seed)))
+    results.append(_guarded("deterministic on repeat",
+                            lambda: module_probes.determinism(user, single, seed=seed)))
     return results
 
 

@@ -1,0 +1,117 @@
+"""A comparison for people (text, markdown) and for machines (JSON, CSV): the verdict line,
+one row per metric that is not the same, unreliable timings and unmatched rows named."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from lrprof.gate.compare import MIN_RUNS_FOR_IQR, SAME, SEVERITY, Comparison
+from lrprof.gate.match import unmatched_text
+from lrprof.report.numbers import fmt
+from lrprof.spec.words import plural
+
+
+def verdict_line(c: Comparison) -> str:
+    counts: dict[str, int] = {}
+    for r in c.rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: SEVERITY[i[0]]))
+    head = "REGRESSION" if c.regression else "no regression"
+    missing = (f"; {plural(len(c.only_old), 'baseline row')} missing (--require-all)"
+               if c.missing_fails else "")
+    flagged = f"; {len(c.unreliable)} with unreliable timings" if c.unreliable else ""
+    return f"{head}: {plural(len(c.rows), 'matched row')} ({tally}){missing}{flagged}"
+
+
+def table_rows(c: Comparison, include_same: bool) -> list[list[str]]:
+    out = []
+    for r in c.rows:
+        shown = [m for m in r.metrics if m.status != SAME] or (r.metrics[:1] if include_same else [])
+        if r.status == SAME and not include_same:
+            continue
+        for m in shown:
+            change = "" if m.change_pct is None else f"{m.change_pct:+.1f}%"
+            out.append([r.status, r.name, m.metric, fmt(m.old), fmt(m.new), change, m.why])
+    return out
+
+
+HEADERS = ["status", "row", "metric", "old", "new", "change", "why"]
+
+
+def render_text(c: Comparison) -> str:
+    from tabulate import tabulate
+
+    lines = [f"warning: {w}" for w in c.warnings]
+    lines.append(verdict_line(c))
+    rows = table_rows(c, include_same=False)
+    if rows:
+        lines.append(tabulate(rows, headers=HEADERS, tablefmt="simple", disable_numparse=True))
+    lines += _unmatched_lines(c)
+    lines += _unreliable_lines(c)
+    return "\n".join(lines)
+
+
+def _unreliable_lines(c: Comparison) -> list[str]:
+    return [f"unreliable timing: {r.name}: {'; '.join(r.unreliable)}" for r in c.unreliable]
+
+
+def _unmatched_lines(c: Comparison) -> list[str]:
+    lines = []
+    for where, path in (("old", c.old), ("new", c.new)):
+        texts = [unmatched_text(e) for e in c.unmatched if e["in"] == where]
+        if texts:
+            lines.append(f"only in {path} (not compared): " + "; ".join(texts))
+    return lines
+
+
+def render_markdown(c: Comparison) -> str:
+    from tabulate import tabulate
+
+    t = c.thresholds
+    parts = [f"## lrprof compare: {verdict_line(c)}", ""]
+    parts += [f"> **warning:** {w}" for w in c.warnings] + ([""] if c.warnings else [])
+    latency = ("latency relative to the 3x3 conv baseline row of the same run"
+               if t.normalize == "baseline" else "latency")
+    parts.append(f"Old `{c.old}`, new `{c.new}`. Thresholds: slowdown {100 * t.max_slowdown:g}% "
+                 f"({latency}), memory growth {100 * t.max_memory_growth:g}%, instructions "
+                 f"{100 * t.max_instruction_growth:g}%. A latency change counts only past its "
+                 f"threshold and significant (the {t.confidence:.0%} two-level bootstrap interval of the "
+                 "ratio of medians excludes 1; without raw samples: outside both runs' IQR, or "
+                 f"min-max under {MIN_RUNS_FOR_IQR} runs); memory: outside both min-max ranges. "
+                 "Exact figures must be equal.")
+    parts.append("")
+    rows = table_rows(c, include_same=False)
+    if rows:
+        parts += [tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True), ""]
+    same = sum(1 for r in c.rows if r.status == SAME)
+    if same:
+        parts += [f"{same} row(s) unchanged.", ""]
+    parts += [f"- {line}" for line in _unmatched_lines(c) + _unreliable_lines(c)]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def render_json(c: Comparison) -> str:
+    return json.dumps(c.to_dict(), indent=2, default=str) + "\n"
+
+
+def render_csv(c: Comparison) -> str:
+    """One line per compared metric of every matched row (unchanged ones too), with the
+    row's identity: what a spreadsheet or a later script needs."""
+
+    fields = ["row_status", "kind", "row", "metric", "old", "new", "change_pct", "metric_status", "why",
+              "identity"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in c.rows:
+        for m in r.metrics:
+            writer.writerow({"row_status": r.status, "kind": r.kind, "row": r.name, "metric": m.metric,
+                             "old": m.old, "new": m.new, "change_pct": m.change_pct,
+                             "metric_status": m.status, "why": m.why,
+                             "identity": json.dumps(r.config, sort_keys=True, default=str)})
+    return buffer.getvalue()
+
+
+RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_json}
