@@ -22,11 +22,12 @@ from lrprof.build.ops import get_op
 from lrprof.measure import roofline
 from lrprof.measure.device import collect
 from lrprof.measure.timing import TimingOptions
-from lrprof.profile.layer import MeasureOptions, available_impls, profile_layers
+from lrprof.profile.layer import available_impls, profile_layers
 from lrprof.record.records import Record
 from lrprof.report import report_paths, write_report
 from lrprof.report.layer import layer_report
 from lrprof.spec.layer import LayerSpec, resolve_device
+from lrprof.spec.options import MeasureOptions
 
 MIB = 2**20
 

@@ -22,13 +22,14 @@ from lrprof.build.ops import Impl, OpDef, register_op, unregister_op
 from lrprof.build.ops.cost import CostModel, Term
 from lrprof.cli import main
 from lrprof.measure.timing import TimingOptions
-from lrprof.profile.audit import AuditOptions, run_audit
+from lrprof.profile.audit import run_audit
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.options import MeasureOptions
 from lrprof.spec.params import Param, Schema
 
 LAYERS = str(Path(__file__).with_name("user_layers.py"))
 FAST = ["--min-time", "0.01", "--min-runs", "2", "--device", "cpu", "--no-stock"]
-OPTIONS = AuditOptions(timing=TimingOptions(warmup=1, warmup_s=0.0, min_runs=2, min_time_s=0.01),
+OPTIONS = MeasureOptions.for_audit(timing=TimingOptions(warmup=1, warmup_s=0.0, min_runs=2, min_time_s=0.01),
                        memory_runs=1, stock_counters=False)
 PROBES = {"output shape", "receptive field (gradient probe)",
           "translation equivariance away from the borders", "border behaviour", "every tensor registered",

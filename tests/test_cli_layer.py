@@ -18,11 +18,12 @@ import lrprof
 from lrprof.cli import main
 from lrprof.measure.memory import CPU_METHOD, CUDA_METHOD
 from lrprof.measure.timing import TimingOptions
-from lrprof.profile.layer import MeasureOptions, profile_layer
+from lrprof.profile.layer import profile_layer
 from lrprof.record.records import SCHEMA, Record, Report, parse_cell
 from lrprof.report import render_csv, render_terminal
 from lrprof.report.layer import layer_report
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.options import MeasureOptions
 
 SMALL = {"channels": "8", "size": "8", "k": "3", "m": "4", "min-time": "0.05", "min-runs": "3",
          "device": "cpu"}

@@ -72,8 +72,9 @@ def test_the_layer_profile_uses_drconvs_check(monkeypatch) -> None:
     happens to tie depends on the CPU's vector width (it did on AVX2, not on AVX-512)."""
     from lrprof.build.ops import get_op
     from lrprof.measure.timing import TimingOptions
-    from lrprof.profile.layer import MeasureOptions, profile_layer
+    from lrprof.profile.layer import profile_layer
     from lrprof.spec.layer import LayerSpec
+    from lrprof.spec.options import MeasureOptions
 
     original = DRConv2d.__init__
 

@@ -10,9 +10,10 @@ from lrprof.build.ops.local_relation import LocalRelation2d
 from lrprof.cli import main
 from lrprof.measure import counting
 from lrprof.measure.timing import TimingOptions
-from lrprof.profile.layer import MeasureOptions, profile_layer
+from lrprof.profile.layer import profile_layer
 from lrprof.spec.errors import SpecError
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.options import MeasureOptions
 
 SMALL = LayerSpec(channels=8, height=8, width=8, k=3, m=4, device="cpu")
 FAST = MeasureOptions(timing=TimingOptions(warmup=1, warmup_s=0, min_runs=2, min_time_s=0.01),

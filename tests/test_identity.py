@@ -11,13 +11,14 @@ from lrprof.gate import compare as cmp
 from lrprof.measure.device import collect
 from lrprof.measure.memory import CPU_METHOD, MemoryStats
 from lrprof.measure.timing import Stats, TimingOptions
-from lrprof.profile.layer import MeasureOptions, profile_layers
+from lrprof.profile.layer import profile_layers
 from lrprof.record.records import Record, Report
 from lrprof.report import report_paths, write_report
 from lrprof.report.compare import render_text
 from lrprof.report.layer import layer_report
 from lrprof.spec.errors import InputError
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.options import MeasureOptions
 
 FAST_ARGS = ["--channels", "8", "--size", "8", "--k", "3", "--m", "4", "--min-time", "0.02",
              "--min-runs", "2", "--no-stock", "--device", "cpu", "--quiet"]

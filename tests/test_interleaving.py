@@ -10,9 +10,10 @@ from torch import nn
 import lrprof.profile.steps as steps_module
 from lrprof.measure.parts import Parts, time_parts_interleaved
 from lrprof.measure.timing import Stats, TimingOptions, time_interleaved
-from lrprof.profile.layer import MeasureOptions, profile_layers
-from lrprof.profile.net import NetOptions, NetSpec, profile_nets
+from lrprof.profile.layer import profile_layers
+from lrprof.profile.net import NetSpec, profile_nets
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.options import MeasureOptions
 
 CPU = torch.device("cpu")
 # Blocks of one call: each call (1 ms) is longer than the block target (0.02 s / 40 runs).
@@ -84,7 +85,7 @@ def test_a_layer_report_times_all_rows_and_phases_in_one_schedule(captured_sched
 
 
 def test_net_vs_times_both_networks_in_one_schedule(captured_schedule):
-    options = NetOptions(hooked_runs=2, stock_counters=False,
+    options = MeasureOptions.for_net(hooked_runs=2, stock_counters=False,
                          timing=TimingOptions(warmup=1, warmup_s=0, min_runs=2, min_time_s=0.01))
     profiles = profile_nets([NetSpec("lr26", height=32, width=32), NetSpec("resnet26", height=32, width=32)],
                             options)

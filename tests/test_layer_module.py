@@ -16,11 +16,12 @@ from torch import nn
 from lrprof.build.usermodule import ModuleSpec
 from lrprof.cli import main
 from lrprof.measure.timing import TimingOptions
-from lrprof.profile.module import ModuleOptions, profile_instance, profile_module
+from lrprof.profile.module import profile_instance, profile_module
+from lrprof.spec.options import MeasureOptions
 
 LAYERS = str(Path(__file__).with_name("user_layers.py"))
 FAST = ["--min-time", "0.01", "--min-runs", "2", "--device", "cpu"]
-OPTIONS = ModuleOptions(timing=TimingOptions(warmup=1, warmup_s=0.0, min_runs=2, min_time_s=0.01),
+OPTIONS = MeasureOptions(timing=TimingOptions(warmup=1, warmup_s=0.0, min_runs=2, min_time_s=0.01),
                         memory_runs=1, hooked_runs=2, stock_counters=False)
 
 

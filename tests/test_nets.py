@@ -11,8 +11,9 @@ from lrprof.build.nets.paper import choice_rows, paper_checks
 from lrprof.build.ops.local_relation import LocalRelation2d
 from lrprof.measure import counting
 from lrprof.measure.timing import TimingOptions
-from lrprof.profile.net import NetOptions, NetSpec, net_costs, profile_net
+from lrprof.profile.net import NetSpec, net_costs, profile_net
 from lrprof.spec.errors import SpecError
+from lrprof.spec.options import MeasureOptions
 
 SMALL = 64
 NAMES = [n.name for n in list_nets()]
@@ -131,7 +132,7 @@ def test_exact_costs_needs_a_meta_net():
 def test_profile_net_small_with_layers():
     """The whole path at a small input: records, stages, layers and shares add up."""
     timing = TimingOptions(warmup=1, warmup_s=0, min_runs=2, min_time_s=0.01)
-    options = NetOptions(per_layer=True, hooked_runs=2, stock_counters=False, timing=timing)
+    options = MeasureOptions.for_net(per_layer=True, hooked_runs=2, stock_counters=False, timing=timing)
     profile = profile_net(NetSpec("lr26", height=32, width=32), options)
     net = profile.net
     assert net.error is None

@@ -16,8 +16,9 @@ from lrprof.build.ops.nonlocal_block import cost_of as nonlocal_cost
 from lrprof.cli import main
 from lrprof.measure.counting import count
 from lrprof.measure.timing import TimingOptions
-from lrprof.profile.layer import MeasureOptions, baseline_spec, profile_layers
+from lrprof.profile.layer import baseline_spec, profile_layers
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.options import MeasureOptions
 
 
 def _built(spec: LayerSpec):

@@ -18,8 +18,9 @@ from lrprof.cli import main
 from lrprof.measure import instructions, noise
 from lrprof.measure.timing import TimingOptions
 from lrprof.profile import replicate
-from lrprof.profile.layer import MeasureOptions, prepare_spec, profile_layers
+from lrprof.profile.layer import prepare_spec, profile_layers
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.options import MeasureOptions
 
 TINY = ["--channels", "8", "--size", "8", "--k", "3", "--m", "4", "--no-stock", "--device", "cpu",
         "--min-time", "0.02", "--min-runs", "5", "--quiet"]

@@ -17,8 +17,9 @@ from lrprof.build.ops.sasa_stem import AttentionStem2d
 from lrprof.cli import main
 from lrprof.measure import counting
 from lrprof.measure.timing import TimingOptions
-from lrprof.profile.net import NetOptions, NetSpec, net_costs, profile_net
+from lrprof.profile.net import NetSpec, net_costs, profile_net
 from lrprof.spec.errors import SpecError
+from lrprof.spec.options import MeasureOptions
 
 BLOCKS = {"sasa26": [1, 2, 4, 1], "sasa38": [2, 3, 5, 2], "sasa50": [3, 4, 6, 3],
           "sasa26-full": [1, 2, 4, 1], "sasa50-full": [3, 4, 6, 3],
@@ -169,7 +170,7 @@ def test_profile_net_small():
     """The whole path at 32x32, per layer: both operators cost their layers exactly; the
     paper check is counted at 224x224 whatever the input."""
     timing = TimingOptions(warmup=1, warmup_s=0, min_runs=2, min_time_s=0.01)
-    options = NetOptions(per_layer=True, hooked_runs=2, memory_runs=1, stock_counters=False,
+    options = MeasureOptions.for_net(per_layer=True, hooked_runs=2, memory_runs=1, stock_counters=False,
                          timing=timing)
     profile = profile_net(NetSpec("sasa26-full", height=32, width=32), options)
     net = profile.net

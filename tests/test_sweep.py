@@ -23,10 +23,10 @@ from lrprof.build.ops import unregister_op
 from lrprof.cli import main
 from lrprof.measure.device import collect
 from lrprof.measure.timing import Stats, TimingOptions
-from lrprof.profile.layer import MeasureOptions
 from lrprof.profile.progress import Progress
 from lrprof.record.records import Record
 from lrprof.spec.errors import InputError, SpecError
+from lrprof.spec.options import MeasureOptions
 from lrprof.sweep.merge import merge_rows
 from lrprof.sweep.run import Shard, SweepConfig, estimated_cost, plan_sweep, run_sweep, shard_indices
 from lrprof.sweep.store import RowLine, RowWriter, read_rows

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from lrprof.cli import check, compare, helptext, layer, merge, net, ops, sweep  # noqa: F401  (register the commands)
+from lrprof.cli import check, compare, helptext, layer, merge, net, ops, options, sweep  # noqa: F401  (register the commands)
 from lrprof.cli.app import (
     _ARGUMENTS,
     EXIT_OK,
@@ -48,10 +48,11 @@ def _interrupted(exc: Interrupted) -> int:
 def main(args: list[str] | None = None) -> int:
     """Entry point: runs the app and turns every usage error into one line and status 2,
     and an interrupt (Ctrl-C, SIGTERM) into one line and status 130 or 143."""
-    layer.refresh()  # operators registered since import get their options
+    args = sys.argv[1:] if args is None else list(args)
+    if args and not args[0].startswith("-"):  # a command: operators registered by now get options
+        options.refresh()
     command = typer.main.get_command(app)
     helptext.tidy(command)
-    args = sys.argv[1:] if args is None else list(args)
     if not args:  # bare `lrprof`: the help, and a clean exit
         with typer.Context(command, info_name="lrprof") as ctx:
             typer.echo(command.get_help(ctx))

@@ -29,12 +29,15 @@ _ARGUMENTS = {"net": "NAME"}  # API parameter names that are positional argument
 def _version(value: bool) -> None:
     if value:
         import platform
+        from importlib.metadata import PackageNotFoundError, version
 
-        import torch
+        from lrprof.spec.version import __version__
 
-        from lrprof import __version__
-
-        typer.echo(f"lrprof {__version__} (torch {torch.__version__}, python {platform.python_version()})")
+        try:  # the installed torch's version, without importing torch (seconds)
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            torch_version = "not installed"
+        typer.echo(f"lrprof {__version__} (torch {torch_version}, python {platform.python_version()})")
         raise typer.Exit(0)
 
 

@@ -50,9 +50,10 @@ def module_layer(common: dict[str, Any], flags: dict[str, Any], op_params: dict[
     """`lrprof layer --module ...`: raises typer.Exit with the run's status."""
     from lrprof.build.usermodule import ModuleSpec
     from lrprof.measure.timing import TimingOptions
-    from lrprof.profile.module import ModuleOptions, profile_module
+    from lrprof.profile.module import profile_module
     from lrprof.report.module import module_report
     from lrprof.spec.layer import resolve_device
+    from lrprof.spec.options import MeasureOptions
 
     if op_params:
         name = sorted(op_params)[0]
@@ -79,7 +80,7 @@ def module_layer(common: dict[str, Any], flags: dict[str, Any], op_params: dict[
     spec = ModuleSpec.create(common["module"], common["init"], common["input"], common["dtype"],
                              str(device), common["compile"])
     out = out_dir(common["out"])
-    options = ModuleOptions(backward=flags["backward"], timing=timing, stock_counters=flags["stock"],
+    options = MeasureOptions(backward=flags["backward"], timing=timing, stock_counters=flags["stock"],
                             baseline=common["baseline"] != "none")
     with user_code():
         profile = profile_module(spec, options)

@@ -5,7 +5,6 @@ and memory), one row per check; exit 0 when all pass, 1 when any fails, 2 for ba
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +12,7 @@ import typer
 import lrprof.cli.helptext as helptext
 from lrprof.cli.app import EXIT_FAILED, EXIT_OK, app, argv, emit, out_dir, set_threads
 from lrprof.cli.byo import user_code
-from lrprof.cli.layer import schema_options
+from lrprof.cli.options import schema_options, shared
 
 HELP = """Audit your implementation of an operator against lrprof's.
 
@@ -26,21 +25,20 @@ report; --init adds or overrides arguments), then every check runs and is one ro
 """
 
 COMMON: list[tuple] = [
-    ("op", str, "lr", "the operator your class implements (lrprof ops lists them)"),
+    *shared("op", op="the operator your class implements (lrprof ops lists them)"),
     ("channels", int, 64, "channels C"),
-    ("size", str, "56", "input size N or HxW"),
+    *shared("size", size="input size N or HxW"),
     ("batch", int, 1, "batch size B of the counted and timed runs"),
-    ("device", str, "auto", "cpu, cuda, cuda:N (default: cuda if present)"),
-    ("dtype", str, "float32", "dtype of the counted and timed runs (probes run in float64, and "
-                              "float16 and bfloat16)"),
-    ("init", str | None, None, "constructor arguments as a JSON object: added to, and overriding, "
-                               "the ones mapped from the operator's parameters"),
+    *shared("device", "dtype", "init",
+            dtype="dtype of the counted and timed runs (probes run in float64, and float16 and bfloat16)",
+            init="constructor arguments as a JSON object: added to, and overriding, the ones mapped "
+                 "from the operator's parameters"),
     ("max_work_ratio", float, 1.5, "the cost check fails above this many times the operator's exact "
                                    "MACs (or exponentials), and below 1"),
-    ("threads", int | None, None, "CPU threads (default: torch's)"),
-    ("min_runs", int, 10, "fewest timed runs per implementation and phase (>= 2)"),
-    ("min_time", float, 0.5, "CPU: seconds of timed calls per implementation and phase, at least"),
-    ("out", Path | None, None, "write DIR/check.{md,csv,json}"),
+    *shared("threads", "min_runs", "min_time", "out",
+            min_runs="fewest timed runs per implementation and phase (>= 2)",
+            min_time="CPU: seconds of timed calls per implementation and phase, at least",
+            out="write DIR/check.{md,csv,json}"),
 ]
 FLAGS: list[tuple[str, str, bool, str]] = [
     ("backward", "--backward", False, "also time forward+backward"),
@@ -55,9 +53,10 @@ ARGUMENTS = (inspect.Parameter(
 
 def check(**options: Any) -> None:
     from lrprof.measure.timing import TimingOptions
-    from lrprof.profile.audit import AuditOptions, run_audit
+    from lrprof.profile.audit import run_audit
     from lrprof.report.audit import audit_report
     from lrprof.spec.layer import LayerSpec, parse_size, resolve_device
+    from lrprof.spec.options import MeasureOptions
 
     target = options.pop("target")
     common = {name: options.pop(name) for name, *_ in COMMON}
@@ -68,7 +67,7 @@ def check(**options: Any) -> None:
     device = resolve_device(common["device"])
     spec = LayerSpec(op=common["op"], channels=common["channels"], height=height, width=width,
                      batch=common["batch"], dtype=common["dtype"], device=str(device), **op_params)
-    audit_options = AuditOptions(
+    audit_options = MeasureOptions.for_audit(
         max_work_ratio=common["max_work_ratio"], backward=flags["backward"],
         timing=TimingOptions(min_runs=common["min_runs"], min_time_s=common["min_time"]),
         stock_counters=flags["stock"])

@@ -45,12 +45,13 @@ def net(
     """Profile a whole network: totals, stages, layers, and the paper's table."""
     from lrprof.build.nets import list_nets
     from lrprof.measure.timing import TimingOptions
-    from lrprof.profile.net import NetOptions, NetSpec, partial_nets, profile_nets
+    from lrprof.profile.net import NetSpec, partial_nets, profile_nets
     from lrprof.profile.progress import Progress
     from lrprof.report import report_paths
     from lrprof.report.net import net_report
     from lrprof.report.run import RunningReport
     from lrprof.spec.layer import parse_size, resolve_device
+    from lrprof.spec.options import MeasureOptions
 
     if list_:
         nets = list_nets()
@@ -60,7 +61,7 @@ def net(
         return
     if name is None:
         raise SpecError("net", "a network name (lrprof net --list shows them)", None)
-    options = NetOptions(
+    options = MeasureOptions.for_net(
         backward=backward,
         per_layer=per_layer,
         timing=TimingOptions(warmup=1, warmup_s=0.0, min_runs=min_runs, min_time_s=min_time),

@@ -12,7 +12,7 @@ import typer
 
 import lrprof.cli.helptext as helptext
 from lrprof.cli.app import EXIT_FAILED, EXIT_OK, app, argv, out_dir, set_threads, write_sweep_report
-from lrprof.cli.layer import schema_options
+from lrprof.cli.options import LISTS, schema_options, shared
 from lrprof.spec.errors import InputError, SpecError
 
 HELP = """Measure a grid of layer configurations and check how cost grows against the model.
@@ -21,20 +21,15 @@ Every parameter takes comma lists and ranges start:stop[:step] (stop included). 
 appended to OUT/rows.jsonl as they finish; the report follows.
 """
 
-LISTS = "comma-separated, ranges start:stop[:step]"
-COMMON: list[tuple] = [
-    ("op", str, "lr", "operator(s), comma-separated (lrprof ops lists them)"),
-    ("impl", str | None, None, "implementation(s), comma-separated, or all (default: the operator's first)"),
-    ("channels", str, "64", f"channels C ({LISTS})"),
-    ("size", str, "56", f"input size N or HxW ({LISTS})"),
-    ("batch", str, "1", f"batch size B ({LISTS})"),
-    ("device", str, "auto", "cpu, cuda, cuda:N (default: cuda if present)"),
-    ("dtype", str, "float32", "float32, float16, bfloat16 or float64"),
-    ("baseline", str, "conv3x3",
-     "conv3x3 (each row timed interleaved with a dense 3x3 conv of its own shape) or none"),
-    ("threads", int | None, None, "CPU threads per row (default: torch's; on Slurm the task's)"),
-    ("min_runs", int, 5, "fewest timed runs per row and phase (>= 2)"),
-    ("min_time", float, 0.1, "CPU: seconds of timed calls per row and phase, at least"),
+COMMON: list[tuple] = shared(
+    "op", "impl", "channels", "size", "batch", "device", "dtype", "baseline", "threads", "min_runs",
+    "min_time",
+    channels=f"channels C ({LISTS})", size=f"input size N or HxW ({LISTS})", batch=f"batch size B ({LISTS})",
+    baseline="conv3x3 (each row timed interleaved with a dense 3x3 conv of its own shape) or none",
+    threads="CPU threads per row (default: torch's; on Slurm the task's)",
+    min_runs=(5, "fewest timed runs per row and phase (>= 2)"),
+    min_time=(0.1, "CPU: seconds of timed calls per row and phase, at least"),
+) + [
     ("warmup", int, 1, "warm-up calls per row and phase before timing (>= 0)"),
     ("memory_runs", int, 1, "peak-memory runs per row and phase (>= 1)"),
     ("timeout", float, 600.0, "seconds a row may take before its worker is stopped and the row "
@@ -82,7 +77,7 @@ def _timeout(value: float) -> float | None:
 
 def build_config(common: dict[str, Any], flags: dict[str, Any], op_params: dict[str, Any]):
     from lrprof.measure.timing import TimingOptions
-    from lrprof.profile.layer import MeasureOptions
+    from lrprof.spec.options import MeasureOptions
     from lrprof.spec.params import split_list
     from lrprof.sweep.run import SweepConfig
 

@@ -16,7 +16,6 @@ taking the core) per timed second, the figures that say whether a timing was dis
 from __future__ import annotations
 
 import dataclasses
-import math
 import resource
 import statistics
 import time
@@ -25,6 +24,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
+
+from lrprof.spec.options import TimingOptions  # noqa: F401  (the timer's input)
 
 CPU_METHOD = ("interleaved blocks, rotating order; timeit (perf_counter, GC off) around C calls "
               "per run, after warm-up")
@@ -127,28 +128,6 @@ class Stats:
         values["samples_ms"] = tuple(values.get("samples_ms") or ())
         values["process_runs"] = tuple(values.get("process_runs") or ())
         return cls(**values)
-
-
-@dataclass(frozen=True)
-class TimingOptions:
-    """How long to time: each candidate gets at least `min_runs` runs and, on the CPU, at
-    least `min_time_s` of timed calls (a run's block of calls is sized so that `min_runs`
-    blocks take about `min_time_s`)."""
-
-    warmup: int = 3  # calls before timing (at least this many, and at least warmup_s)
-    warmup_s: float = 0.2
-    min_runs: int = 10
-    min_time_s: float = 0.5
-
-    def __post_init__(self) -> None:
-        from lrprof.spec.errors import SpecError, require_int
-
-        require_int("min-runs", self.min_runs, 2)
-        if not math.isfinite(self.min_time_s) or self.min_time_s <= 0:
-            raise SpecError("min-time", "must be a finite number of seconds > 0", self.min_time_s)
-        if self.warmup < 0 or not math.isfinite(self.warmup_s) or self.warmup_s < 0:
-            raise SpecError("warmup", "must be >= 0 calls and a finite number of seconds >= 0",
-                            (self.warmup, self.warmup_s))
 
 
 def synchronize(device: torch.device) -> None:

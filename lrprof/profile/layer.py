@@ -24,35 +24,17 @@ from lrprof.measure.accuracy import METHOD as OUTPUT_METHOD
 from lrprof.measure.accuracy import compare_with_reference
 from lrprof.measure.device import Environment, collect
 from lrprof.measure.instructions import count_rows
-from lrprof.measure.timing import TimingOptions
 from lrprof.profile.checks import count_checks, settle
 from lrprof.profile.progress import NoProgress
 from lrprof.profile.replicate import build_row, time_in_processes
 from lrprof.profile.steps import Phase, add_stock_counts, measure_memory, phase_calls, run_step, time_rows
 from lrprof.record.records import Record
-from lrprof.spec.errors import SpecError, require_int
+from lrprof.spec.errors import SpecError
 from lrprof.spec.layer import LayerSpec, resolve_device
+from lrprof.spec.options import MeasureOptions
 
 BASELINE_K = 3
 MEASURED, BASELINE = "measured", "baseline"
-
-
-@dataclass(frozen=True)
-class MeasureOptions:
-    backward: bool = False
-    timing: TimingOptions = field(default_factory=TimingOptions)
-    memory_runs: int = 3
-    stock_counters: bool = True
-    check_output: bool = True
-    baseline: bool = True  # a dense 3x3 conv of each row's shape, timed in the same schedule
-    seed: int = 0
-    repeat: int = 1  # > 1: time the rows in this many fresh processes and pool (lrprof.profile.replicate)
-    instructions: bool = False  # also count instructions per call under callgrind (CPU rows)
-    roofline: bool = True  # measure the device's ceilings (once per process) and place each row
-
-    def __post_init__(self) -> None:
-        require_int("memory-runs", self.memory_runs, 1)
-        require_int("repeat", self.repeat, 1)
 
 
 def available_impls(op: OpDef, device: torch.device, dtype: str) -> tuple[list[str], dict[str, str]]:
@@ -355,5 +337,5 @@ def prepare_row(spec: LayerSpec, options: MeasureOptions | None = None,
     _prepare(row, options)
     return record, row.phases
 
-__all__ = ["MeasureOptions", "available_impls", "baseline_spec", "partial_layers", "prepare_row",
+__all__ = ["available_impls", "baseline_spec", "partial_layers", "prepare_row",
            "prepare_spec", "profile_layer", "profile_layers"]

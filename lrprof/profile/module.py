@@ -38,30 +38,15 @@ from lrprof.measure.counting import missing_text
 from lrprof.measure.device import Environment, collect
 from lrprof.measure.parts import METHOD as HOOK_METHOD
 from lrprof.measure.parts import Parts, time_parts_interleaved
-from lrprof.measure.timing import Stats, TimingOptions
+from lrprof.measure.timing import Stats
 from lrprof.profile.checks import settle
 from lrprof.profile.steps import Phase, add_stock_counts, measure_memory, phase_calls, run_step, time_rows
 from lrprof.record.records import Record
-from lrprof.spec.errors import require_int
 from lrprof.spec.layer import DTYPES, LayerSpec, resolve_device
+from lrprof.spec.options import MeasureOptions
 
 WHOLE = "(whole module)"  # the part name of the root module
 COMPILED_PREFIX = "_orig_mod"
-
-
-@dataclass(frozen=True)
-class ModuleOptions:
-    backward: bool = False
-    timing: TimingOptions = field(default_factory=TimingOptions)
-    memory_runs: int = 3
-    stock_counters: bool = True
-    baseline: bool = True  # a dense 3x3 conv of the first input's shape, same schedule
-    hooked_runs: int = 5  # forward passes with hooks, for the time of each submodule
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require_int("memory-runs", self.memory_runs, 1)
-        require_int("hooked-runs", self.hooked_runs, 2)
 
 
 @dataclass
@@ -102,7 +87,7 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return next((t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)), None)
 
 
-def count_module(record: Record, module: nn.Module, inputs: Sequence[Any], options: ModuleOptions) -> None:
+def count_module(record: Record, module: nn.Module, inputs: Sequence[Any], options: MeasureOptions) -> None:
     """Forward MACs per submodule (inclusive); with `options.backward`, the backward pass's
     totals. Two counting passes: torch's ModuleTracker cannot follow `autograd.grad` into
     the input's gradient, so the backward count runs without it."""
@@ -134,7 +119,7 @@ def count_module(record: Record, module: nn.Module, inputs: Sequence[Any], optio
 
 
 def prepare_module_row(record: Record, module: nn.Module, inputs: Sequence[Any], device: torch.device,
-                       options: ModuleOptions) -> dict[str, Phase]:
+                       options: MeasureOptions) -> dict[str, Phase]:
     """Count the module and get its phases ready to time beside other rows; failures stay
     in the record's `error`."""
     record.exact["params"] = sum(p.numel() for p in module.parameters())
@@ -167,11 +152,11 @@ def baseline_spec(inputs: Sequence[Any], output: Any, device: torch.device) -> L
                                   device=str(device), k=BASELINE_K, stride=stride))
 
 
-def profile_module(spec: ModuleSpec, options: ModuleOptions | None = None) -> ModuleProfile:
+def profile_module(spec: ModuleSpec, options: MeasureOptions | None = None) -> ModuleProfile:
     """Load, build and profile the class `spec` names. Bad input raises SpecError; the
     user's code failing to import, build or run raises ModuleFailure; failures while
     measuring stay in the records."""
-    options = options or ModuleOptions()
+    options = options or MeasureOptions()
     target = load_target(spec.target)
     kwargs = spec.kwargs
     check_arguments(target, kwargs)
@@ -187,11 +172,11 @@ def profile_module(spec: ModuleSpec, options: ModuleOptions | None = None) -> Mo
                             what=target.call_text(kwargs))
 
 
-def profile_instance(module: nn.Module, inputs: Sequence[Any], options: ModuleOptions | None = None,
+def profile_instance(module: nn.Module, inputs: Sequence[Any], options: MeasureOptions | None = None,
                      record: Record | None = None, device: torch.device | None = None,
                      what: str | None = None) -> ModuleProfile:
     """Profile a module you built (eager or `torch.compile`d) on `inputs`."""
-    options = options or ModuleOptions()
+    options = options or MeasureOptions()
     inputs = tuple(inputs)
     if device is None:
         device = next((t.device for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor)),
@@ -212,7 +197,7 @@ def profile_instance(module: nn.Module, inputs: Sequence[Any], options: ModuleOp
     if options.baseline:
         spec = baseline_spec(inputs, output, device)
         if spec is not None:
-            from lrprof.profile.layer import BASELINE, MeasureOptions, prepare_row
+            from lrprof.profile.layer import BASELINE, prepare_row
 
             measure = MeasureOptions(backward=options.backward, timing=options.timing,
                                      memory_runs=options.memory_runs,
@@ -279,7 +264,7 @@ def _children(names: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def _parts(profile: ModuleProfile, device: torch.device, options: ModuleOptions) -> None:
+def _parts(profile: ModuleProfile, device: torch.device, options: MeasureOptions) -> None:
     """One record per submodule: MACs (inclusive, and its own ops'), parameters, calls and,
     for an eager module, the time inside it from forward hooks."""
     record = profile.record
@@ -323,5 +308,5 @@ def _parts(profile: ModuleProfile, device: torch.device, options: ModuleOptions)
         })
         profile.parts.append(r)
 
-__all__ = ["ModuleOptions", "ModuleProfile", "count_module", "derive", "eager_module", "is_compiled",
+__all__ = ["ModuleProfile", "count_module", "derive", "eager_module", "is_compiled",
            "prepare_module_row", "profile_instance", "profile_module"]

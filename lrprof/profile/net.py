@@ -23,13 +23,14 @@ from lrprof.measure import counting
 from lrprof.measure.device import Environment, collect
 from lrprof.measure.parts import METHOD as HOOK_METHOD
 from lrprof.measure.parts import Parts, time_parts_interleaved
-from lrprof.measure.timing import Stats, TimingOptions
+from lrprof.measure.timing import Stats
 from lrprof.profile.checks import count_checks, settle
 from lrprof.profile.progress import NoProgress
 from lrprof.profile.steps import Phase, add_stock_counts, measure_memory, phase_calls, run_step, time_rows
 from lrprof.record.records import Record
 from lrprof.spec.errors import require_int
 from lrprof.spec.layer import DTYPES, default_device, resolve_device, resolve_dtype
+from lrprof.spec.options import MeasureOptions
 
 
 @dataclass(frozen=True)
@@ -81,23 +82,6 @@ def net_costs(spec: NetSpec) -> list[LayerCost]:
     return exact_by_layer(spec.name, spec.overrides, spec.input_shape)
 
 
-@dataclass(frozen=True)
-class NetOptions:
-    backward: bool = False
-    per_layer: bool = False
-    timing: TimingOptions = field(
-        default_factory=lambda: TimingOptions(warmup=1, warmup_s=0.0, min_runs=5, min_time_s=0.5)
-    )
-    hooked_runs: int = 5
-    memory_runs: int = 2
-    stock_counters: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require_int("hooked-runs", self.hooked_runs, 2)
-        require_int("memory-runs", self.memory_runs, 1)
-
-
 @dataclass
 class NetProfile:
     spec: NetSpec
@@ -120,11 +104,11 @@ def _stage_of(name: str) -> str:
     return name.split(".", 1)[0]
 
 
-def profile_net(spec: NetSpec, options: NetOptions | None = None) -> NetProfile:
+def profile_net(spec: NetSpec, options: MeasureOptions | None = None) -> NetProfile:
     return profile_nets([spec], options)[0]
 
 
-def profile_nets(specs: list[NetSpec], options: NetOptions | None = None,
+def profile_nets(specs: list[NetSpec], options: MeasureOptions | None = None,
                  on_update: Callable[[list[NetProfile]], None] | None = None,
                  progress: Any = None,
                  on_start: Callable[[Environment], None] | None = None) -> list[NetProfile]:
@@ -133,7 +117,7 @@ def profile_nets(specs: list[NetSpec], options: NetOptions | None = None,
     net record's `error`. `on_update(profiles)` runs after each step (partial reports);
     `progress` (a `lrprof.profile.progress.Progress`) hears of each step as it starts and ends;
     `on_start(environment)` gets the machine's facts before anything is measured."""
-    options = options or NetOptions()
+    options = options or MeasureOptions.for_net()
     progress = progress or NoProgress()
     for spec in specs:
         spec.validate()
@@ -168,7 +152,7 @@ def profile_nets(specs: list[NetSpec], options: NetOptions | None = None,
     return profiles
 
 
-def _plan(nets: int, options: NetOptions) -> dict[str, float]:
+def _plan(nets: int, options: MeasureOptions) -> dict[str, float]:
     """Each step's estimated seconds on the CPU at 224x224 (the ETA's weights; the ETA
     corrects itself from the steps done)."""
     phases = 2 if options.backward else 1
@@ -180,7 +164,7 @@ def _plan(nets: int, options: NetOptions) -> dict[str, float]:
     }
 
 
-def _breakdowns(ready: list[NetProfile], device: torch.device, options: NetOptions, progress: Any,
+def _breakdowns(ready: list[NetProfile], device: torch.device, options: MeasureOptions, progress: Any,
                 work: dict[str, float]) -> None:
     progress.start("stage breakdown (hooked runs, interleaved)")
     _run_for(ready, "stage breakdown", lambda: _stages(ready, device, options), device)
@@ -200,7 +184,7 @@ def _run_for(profiles: list[NetProfile], what: str, step: Callable[[], None], de
                 else f"{what}: failed, see {profiles[0].net.name}"
 
 
-def _prepare(spec: NetSpec, device: torch.device, options: NetOptions) -> NetProfile:
+def _prepare(spec: NetSpec, device: torch.device, options: MeasureOptions) -> NetProfile:
     netdef = get_net(spec.name)
     exact = net_costs(spec)
     record = Record(kind="net", name=spec.label, config=spec.config())
@@ -239,7 +223,7 @@ def _prepare(spec: NetSpec, device: torch.device, options: NetOptions) -> NetPro
     return profile
 
 
-def _count(profile: NetProfile, net: nn.Module, x: torch.Tensor, options: NetOptions) -> None:
+def _count(profile: NetProfile, net: nn.Module, x: torch.Tensor, options: MeasureOptions) -> None:
     record = profile.net
     counted = counting.count(net, x, per_module=True, backward=options.backward,
                              input_grad=False, train_for_backward=True)
@@ -253,7 +237,7 @@ def _count(profile: NetProfile, net: nn.Module, x: torch.Tensor, options: NetOpt
         add_stock_counts(record, net, (x,), counted)
 
 
-def _stages(profiles: list[NetProfile], device: torch.device, options: NetOptions) -> None:
+def _stages(profiles: list[NetProfile], device: torch.device, options: MeasureOptions) -> None:
     entries = [Parts(p.model, (p.x,), STAGES) for p in profiles]
     for profile, times in zip(profiles, time_parts_interleaved(entries, device, options.hooked_runs),
                               strict=True):
@@ -284,7 +268,7 @@ def _stage_records(profile: NetProfile, stage_times: dict[str, list[float]]) -> 
         profile.stages.append(r)
 
 
-def _layers(profiles: list[NetProfile], device: torch.device, options: NetOptions) -> None:
+def _layers(profiles: list[NetProfile], device: torch.device, options: MeasureOptions) -> None:
     entries = [Parts(p.model, (p.x,), [c.name for c in p.exact]) for p in profiles]
     for profile, times in zip(profiles, time_parts_interleaved(entries, device, options.hooked_runs),
                               strict=True):
@@ -321,4 +305,4 @@ def partial_nets(why: str | None, profiles: list, planned: list[str]) -> dict:
             "not_measured": [name for name in planned if name not in measured]}
 
 
-__all__ = ["NetOptions", "NetProfile", "NetSpec", "net_costs", "partial_nets", "profile_net", "profile_nets"]
+__all__ = ["NetProfile", "NetSpec", "net_costs", "partial_nets", "profile_net", "profile_nets"]

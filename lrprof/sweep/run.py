@@ -26,11 +26,11 @@ from typing import Any
 
 from lrprof.build.grid import Invalid, config_key, layer_grid, resolve_grid
 from lrprof.build.ops.registry import spec_label
-from lrprof.profile.layer import MeasureOptions
 from lrprof.profile.progress import Progress
 from lrprof.record.records import Record
 from lrprof.spec.errors import InputError, SpecError
 from lrprof.spec.layer import LayerSpec, resolve_device
+from lrprof.spec.options import MeasureOptions
 from lrprof.sweep.store import Contents, RowLine, RowWriter, read_rows
 from lrprof.sweep.worker import RowRunner, WorkerSettings, import_modules
 

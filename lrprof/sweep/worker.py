@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrprof.build.ops.registry import spec_label
-from lrprof.profile.layer import MeasureOptions
 from lrprof.record.records import Record
 from lrprof.spec.errors import InputError, describe
 from lrprof.spec.layer import LayerSpec
+from lrprof.spec.options import MeasureOptions
 
 OUT_OF_MEMORY, KERNEL_ERROR, TIMEOUT, CRASHED, ERROR = (
     "out of memory", "kernel error", "timeout", "worker crashed", "error")

@@ -39,7 +39,6 @@ from lrprof.build.usermodule import (
     run_once,
 )
 from lrprof.measure.device import Environment, collect
-from lrprof.measure.timing import TimingOptions
 from lrprof.profile.audit import module_probes, probes
 from lrprof.profile.audit.mapping import Mapping, map_arguments
 from lrprof.profile.audit.probes import Result, Subject
@@ -47,22 +46,9 @@ from lrprof.profile.steps import measure_memory, time_rows
 from lrprof.record.records import Record
 from lrprof.spec.errors import SpecError, describe
 from lrprof.spec.layer import LayerSpec, resolve_device
+from lrprof.spec.options import MeasureOptions
 
 DTYPES_PROBED = (torch.float64, torch.float16, torch.bfloat16)
-
-
-@dataclass(frozen=True)
-class AuditOptions:
-    max_work_ratio: float = 1.5  # counted / exact MACs (and exps) above this fails
-    backward: bool = False
-    timing: TimingOptions = field(default_factory=TimingOptions)
-    memory_runs: int = 2
-    stock_counters: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.max_work_ratio) or self.max_work_ratio < 1:
-            raise SpecError("max-work-ratio", "a number >= 1", self.max_work_ratio)
 
 
 @dataclass
@@ -103,11 +89,11 @@ def prepare_audit(target: str, spec: LayerSpec,
 
 
 def run_audit(target: str, spec: LayerSpec, init: str | dict | None = None,
-              options: AuditOptions | None = None) -> Audit:
+              options: MeasureOptions | None = None) -> Audit:
     """Every check of the user's class against lrprof's implementation of `spec.op`. The
     user's class failing to build or to run once raises ModuleFailure; a probe that fails
     on it is a failed row, and the others still run."""
-    options = options or AuditOptions()
+    options = options or MeasureOptions.for_audit()
     loaded, spec, mapping = prepare_audit(target, spec, init)
     op = get_op(spec.op)
     device = resolve_device(spec.device)
@@ -171,11 +157,11 @@ def _probes(user: Subject, own: Subject, spec: LayerSpec, seed: int) -> list[Res
 
 
 def _measure(audit: Audit, module: torch.nn.Module, inputs: tuple, device: torch.device,
-             options: AuditOptions) -> None:
+             options: MeasureOptions) -> None:
     """Count the user's module and time it beside lrprof's default implementation, one
     interleaved schedule; memory of both."""
-    from lrprof.profile.layer import MeasureOptions, prepare_row
-    from lrprof.profile.module import ModuleOptions, prepare_module_row
+    from lrprof.profile.layer import prepare_row
+    from lrprof.profile.module import prepare_module_row
 
     spec = audit.spec
     op = get_op(spec.op)
@@ -186,7 +172,7 @@ def _measure(audit: Audit, module: torch.nn.Module, inputs: tuple, device: torch
     user.detail.update({"source": audit.target.source, "source_sha256": audit.target.sha256,
                         "class": audit.target.attribute, "init": audit.mapping.kwargs})
     phases = prepare_module_row(user, module, inputs, device,
-                                ModuleOptions(backward=options.backward, timing=options.timing,
+                                MeasureOptions(backward=options.backward, timing=options.timing,
                                               memory_runs=options.memory_runs,
                                               stock_counters=options.stock_counters, baseline=False,
                                               seed=options.seed))
@@ -212,7 +198,7 @@ def _ratio_text(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio:.3g}x"
 
 
-def _cost_results(audit: Audit, options: AuditOptions) -> list[Result]:
+def _cost_results(audit: Audit, options: MeasureOptions) -> list[Result]:
     user, own = audit.user, audit.own
     spec = audit.spec
     cost = get_op(spec.op).cost(spec)
@@ -302,4 +288,4 @@ def _check_record(audit: Audit, result: Result) -> Record:
     })
     return record
 
-__all__ = ["Audit", "AuditOptions", "prepare_audit", "run_audit"]
+__all__ = ["Audit", "prepare_audit", "run_audit"]
