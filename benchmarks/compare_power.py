@@ -313,8 +313,8 @@ def main() -> None:
 
 def _instruction_counts(path: Path) -> dict[str, int]:
     data = json.loads(path.read_text())
-    return {r["name"]: r["exact"]["fwd_instructions"] for r in data["records"]
-            if "fwd_instructions" in r["exact"]}
+    return {r["name"]: r["counted"]["fwd_instructions"] for r in data["records"]
+            if "fwd_instructions" in r["counted"]}
 
 
 def _instruction_changes(old: Path, new: Path) -> list[float]:

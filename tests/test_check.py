@@ -344,7 +344,7 @@ def test_lrprofs_implementation_is_timed_in_the_same_schedule():
     assert result.user.derived["fwd_latency_vs_lrprof"] == pytest.approx(
         result.user.latency["fwd"].median_ms / result.own.latency["fwd"].median_ms)
     assert result.own.config["impl"] == "shift"  # the operator's default implementation
-    assert result.user.exact["fwd_MACs"] == result.own.exact["fwd_MACs"]  # both do exactly the model
+    assert result.user.counted["fwd_MACs"] == result.own.counted["fwd_MACs"]  # both do exactly the model
 
 
 def test_nothing_in_a_probe_leaks_the_default_dtype():

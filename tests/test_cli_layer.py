@@ -205,7 +205,7 @@ def test_csv_row_rebuilds_the_json_record(backward_run):
     assert from_csv.key() == from_json.key()
     assert from_csv.config == from_json.config
     for column in ("params", "fwd_MACs", "exact_MACs", "fwd_exps"):
-        assert from_csv.exact[column] == from_json.exact[column]
+        assert from_csv.counted[column] == from_json.counted[column]
 
 
 def test_baseline_none_measures_only_the_asked_rows(tmp_path):
@@ -340,14 +340,14 @@ def test_default_shape_model_check(default_record):
     r = default_record
     assert r.error is None
     assert r.config["k"] == 7 and r.config["m"] == 8 and r.config["channels"] == 64
-    assert r.exact["fwd_MACs"] == r.exact["exact_MACs"] == 27_124_048
-    assert r.exact["fwd_exps"] == r.exact["exact_exps"]
-    assert r.exact["params"] == 5216
+    assert r.counted["fwd_MACs"] == r.model["exact_MACs"] == 27_124_048
+    assert r.counted["fwd_exps"] == r.model["exact_exps"]
+    assert r.counted["params"] == 5216
     assert r.checks["verdict"] == "ok"
     assert r.checks["uncounted_ops"] == "none"
     low, high = (float(x) for x in r.checks["paper_O_band"].split("-"))
     assert low <= r.checks["counted_over_paper_O"] <= high
-    ratio = r.exact["fwd_MACs"] / r.exact["paper_O_MACs"]
+    ratio = r.counted["fwd_MACs"] / r.model["paper_O_MACs"]
     assert ratio == pytest.approx(r.checks["counted_over_paper_O"])
 
 
@@ -355,8 +355,8 @@ def test_default_shape_stock_counters_beside_ours(default_record):
     """Like for like, by op family: where a stock counter counts, it agrees with us; what it
     misses is the elementwise work of the relation (40.8% of the layer)."""
     r = default_record
-    assert r.exact["fvcore_stock_MACs"] == 16_060_240
-    assert r.exact["torch_flopcounter_FLOPs"] == 2 * 16_060_240
+    assert r.counted["fvcore_stock_MACs"] == 16_060_240
+    assert r.counted["torch_flopcounter_FLOPs"] == 2 * 16_060_240
     missed = 100 * (1 - 16_060_240 / 27_124_048)
     assert r.checks["fvcore_missed_pct"] == pytest.approx(missed)
     assert r.checks["flopcounter_missed_pct"] == pytest.approx(missed)
@@ -399,7 +399,7 @@ def test_profile_layer_on_cuda_with_backward(dtype):
     assert record.error is None
     assert record.config["device"] == "cuda"
     assert record.config["dtype"] == dtype
-    assert record.exact["fwd_MACs"] == record.exact["exact_MACs"]
+    assert record.counted["fwd_MACs"] == record.model["exact_MACs"]
     assert record.checks["verdict"] == "ok"
     for phase in ("fwd", "fwd_bwd"):
         assert record.latency[phase].method.startswith("CUDA events")

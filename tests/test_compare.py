@@ -56,9 +56,8 @@ def record(k: int = 3, m: int = 4, channels: int = 8, *, name: str | None = None
            exps: int = 1152, error: str | None = None, device: str = "cpu") -> Record:
     spec = resolve_spec(LayerSpec(channels=channels, height=8, width=8, k=k, m=m, device=device))
     rec = Record(kind="layer", name=name or spec_label(spec), config=spec.config())
-    rec.exact.update({"params": params, "exact_MACs": macs, "fwd_MACs": macs,
-                      "fwd_exps": exps, "exact_exps": exps,
-                      "paper_O_MACs": 13056.0})
+    rec.counted.update({"params": params, "fwd_MACs": macs, "fwd_exps": exps})
+    rec.model.update({"exact_MACs": macs, "exact_exps": exps, "paper_O_MACs": 13056.0})
     rec.checks["verdict"] = "ok"
     if error is None:
         rec.latency["fwd"] = fwd or lat(1.0)
@@ -449,16 +448,16 @@ def test_dtype_and_device_are_part_of_the_configuration(tmp_path, capsys):
 
 def net_records(conv3_ms: float = 2.0) -> list[Record]:
     cfg = {"net": "lr26", "batch": 1, "height": 64, "width": 64, "dtype": "float32", "device": "cpu"}
-    net = Record(kind="net", name="lr26", config=dict(cfg), exact={"params": 1000})
+    net = Record(kind="net", name="lr26", config=dict(cfg), counted={"params": 1000})
     net.latency["fwd"] = lat(10.0)
     stages = []
     for stage, ms in (("conv2", 2.0), ("conv3", conv3_ms)):
         r = Record(kind="stage", name=f"lr26:{stage}", config={**cfg, "stage": stage},
-                   exact={"params": 100})
+                   counted={"params": 100})
         r.latency["fwd"] = lat(ms)
         stages.append(r)
     layer = Record(kind="net-layer", name="lr26:layer1.0.conv2",
-                   config={**cfg, "layer": "layer1.0.conv2"}, exact={"params": 10})
+                   config={**cfg, "layer": "layer1.0.conv2"}, counted={"params": 10})
     layer.latency["fwd"] = lat(0.5)
     return [net, *stages, layer]
 

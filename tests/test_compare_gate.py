@@ -40,7 +40,7 @@ def row(name: str, op: str, fwd: Stats | None, *, baseline: str | None = None, r
         macs: int = 1000, error: str | None = None, **exact) -> Record:
     r = Record(kind="layer", name=name, config={"op": op, "channels": 8, "height": 8, "width": 8,
                                                 "dtype": "float32", "device": "cpu"})
-    r.exact.update({"params": 10, "fwd_MACs": macs, **exact})
+    r.counted.update({"params": 10, "fwd_MACs": macs, **exact})
     if fwd is not None:
         r.latency["fwd"] = fwd
         r.memory["fwd"] = MemoryStats(1000, 990, 1010, 3, 100, CPU_METHOD)
@@ -231,7 +231,7 @@ def test_instruction_threshold_option(tmp_path, capsys):
 def test_old_row_failed_is_not_compared_never_same(tmp_path, capsys):
     old = write(tmp_path / "old.json", [row(LR, "lr", None, error="RuntimeError: boom")])
     old_data = json.loads(old.read_text())
-    old_data["records"][0]["exact"] = {}
+    old_data["records"][0].update(counted={}, model={})
     old.write_text(json.dumps(old_data))
     new = write(tmp_path / "new.json", [row(LR, "lr", timing(1.0))])
     rc, data = verdicts(capsys, old, new)
@@ -251,7 +251,7 @@ def test_row_failing_in_both_reports_is_an_error(tmp_path, capsys):
 
 def test_row_with_no_figures_is_malformed(tmp_path, capsys):
     empty = row(LR, "lr", None)
-    empty.exact.clear()
+    empty.counted.clear()
     old = write(tmp_path / "old.json", [empty])
     rc, _, err = run(capsys, old, write(tmp_path / "new.json", [row(LR, "lr", timing(1.0))]))
     assert rc == 2 and "nothing to compare" in one_line(err)
@@ -279,7 +279,7 @@ def test_latency_missing_from_new_csv_is_an_error(tmp_path, capsys):
 def test_figure_missing_from_new_is_an_error(tmp_path, capsys, what):
     old = write(tmp_path / "old.json", [row(LR, "lr", timing(1.0), fwd_instructions=5)])
     new_row = row(LR, "lr", timing(1.0), fwd_instructions=5)
-    del new_row.exact[what]
+    del new_row.counted[what]
     rc, _, err = run(capsys, old, write(tmp_path / "new.json", [new_row]))
     assert rc == 2 and f"{what} missing" in one_line(err)
 
@@ -323,12 +323,12 @@ JSON_CASES = [
     ("memory.fwd.peak_bytes", "big", "'big'"),
     ("memory.fwd.peak_bytes", None, "null"),
     ("memory.fwd.peak_bytes", _DELETE, "missing"),
-    ("exact.fwd_MACs", NAN, "NaN"),
-    ("exact.fwd_MACs", -1, "-1"),
-    ("exact.fwd_MACs", "many", "'many'"),
-    ("exact.fwd_MACs", None, "null"),
-    ("exact.params", 1.5, "1.5"),
-    ("exact.fwd_instructions", -10, "-10"),
+    ("counted.fwd_MACs", NAN, "NaN"),
+    ("counted.fwd_MACs", -1, "-1"),
+    ("counted.fwd_MACs", "many", "'many'"),
+    ("counted.fwd_MACs", None, "null"),
+    ("counted.params", 1.5, "1.5"),
+    ("counted.fwd_instructions", -10, "-10"),
     ("derived.baseline", 5, "a row name expected"),
     ("error", 42, "a string or null"),
 ]

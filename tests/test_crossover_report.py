@@ -12,7 +12,7 @@ def row(op: str, impl: str, side: int, macs: float, ms: float) -> Record:
     config = {"op": op, "impl": impl, "batch": 1, "channels": 64, "height": side, "width": side,
               "dtype": "float32", "device": "cpu"}
     record = Record("layer", f"{op}[{impl}] {side}x{side}", config)
-    record.exact["fwd_MACs"] = int(macs)
+    record.counted["fwd_MACs"] = int(macs)
     record.latency["fwd"] = Stats.from_times([ms, ms, ms], 1, "t", 2)
     return record
 

@@ -73,7 +73,7 @@ def test_with_a_common_baseline_the_differing_rows_are_listed_with_their_field(t
 
 def _row(config: dict, median: float) -> Record:
     record = Record(kind="layer", name=f"foo {config}", config=config)
-    record.exact.update({"params": 10, "fwd_MACs": 100, "exact_MACs": 100})
+    record.counted.update({"params": 10, "fwd_MACs": 100, "exact_MACs": 100})
     record.latency["fwd"] = Stats.from_times([median * f for f in (0.99, 1.0, 1.01, 1.0)], 1, "t", 1)
     record.memory["fwd"] = MemoryStats(1000, 990, 1010, 3, 0, CPU_METHOD)
     return record

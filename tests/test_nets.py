@@ -138,12 +138,12 @@ def test_profile_net_small_with_layers():
     assert net.error is None
     assert net.checks["exact_match"] and net.checks["verdict"] == "ok"
     assert [s.config["stage"] for s in profile.stages] == list(STAGES)
-    assert sum(s.exact["fwd_MACs"] for s in profile.stages) == net.exact["fwd_MACs"]
+    assert sum(s.counted["fwd_MACs"] for s in profile.stages) == net.counted["fwd_MACs"]
     assert sum(s.derived["MACs_share_pct"] for s in profile.stages) == pytest.approx(100)
     assert sum(s.derived["latency_share_pct"] for s in profile.stages) == pytest.approx(100)
     assert all(r.checks["exact_match"] for r in profile.stages + profile.layers)
-    assert sum(r.exact["fwd_MACs"] for r in profile.layers) == net.exact["fwd_MACs"]
-    assert sum(r.exact["params"] for r in profile.layers) == net.exact["params"]
+    assert sum(r.counted["fwd_MACs"] for r in profile.layers) == net.counted["fwd_MACs"]
+    assert sum(r.counted["params"] for r in profile.layers) == net.counted["params"]
     assert net.latency["fwd"].runs >= 2
     assert net.checks["paper_verdict"] == "pass"  # counted at 224x224 whatever this run's input
 

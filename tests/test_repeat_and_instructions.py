@@ -171,10 +171,10 @@ def test_instruction_counts_map_dumps_to_rows_and_phases(tmp_path, capsys, monke
     data = json.loads((out / "layer.json").read_text())
     n = instructions.NUMBER
     layer, conv = data["records"]
-    assert layer["exact"]["fwd_instructions"] == round((2000 - 1000) / n)
-    assert layer["exact"]["fwd_bwd_instructions"] == round((3000 - 1000) / n)
-    assert conv["exact"]["fwd_instructions"] == round((4000 - 1000) / n)
-    assert conv["exact"]["fwd_bwd_instructions"] == round((5000 - 1000) / n)
+    assert layer["counted"]["fwd_instructions"] == round((2000 - 1000) / n)
+    assert layer["counted"]["fwd_bwd_instructions"] == round((3000 - 1000) / n)
+    assert conv["counted"]["fwd_instructions"] == round((4000 - 1000) / n)
+    assert conv["counted"]["fwd_bwd_instructions"] == round((5000 - 1000) / n)
     assert "callgrind" in layer["detail"]["instructions"]["method"]
     assert "fwd instructions/call (M)" in (out / "layer.md").read_text()
 
@@ -199,7 +199,7 @@ def test_real_callgrind_counts_are_stable_between_processes(tmp_path, capsys):
         out = tmp_path / f"run{i}"
         assert main(["layer", *TINY, "--instructions", "--out", str(out)]) == 0
         data = json.loads((out / "layer.json").read_text())
-        counts.append([r["exact"]["fwd_instructions"] for r in data["records"]])
+        counts.append([r["counted"]["fwd_instructions"] for r in data["records"]])
     for a, b in zip(*counts, strict=True):
         assert a > 10_000 and abs(a - b) / a < 0.01
     capsys.readouterr()

@@ -59,8 +59,8 @@ def make_record(backward: bool = False) -> Record:
     config = {"op": "lr", "impl": "unfold", "batch": 1, "channels": 8, "height": 8, "width": 8,
               "k": 3, "m": 4, "stride": 1, "dtype": "float32", "device": "cpu", "phi": "sqdiff"}
     record = Record(kind="layer", name="lr[unfold] k=3 m=4 s=1 C=8 8x8 B=1 phi=sqdiff", config=config)
-    record.exact.update({"params": 108, "exact_MACs": 11976, "exact_exps": 1152,
-                         "paper_O_MACs": 13056.0, "fwd_MACs": 11976, "fwd_exps": 1152})
+    record.counted.update({"params": 108, "fwd_MACs": 11976, "fwd_exps": 1152})
+    record.model.update({"exact_MACs": 11976, "exact_exps": 1152, "paper_O_MACs": 13056.0})
     record.checks.update({"counted_over_exact": 1.0, "exact_match": True,
                           "counted_over_paper_O": 11976 / 13056, "paper_O_band": "0.5-1.1",
                           "paper_O_within_band": True, "verdict": "ok"})
@@ -150,7 +150,7 @@ def test_from_row_typed_keeps_config_and_exact_figures():
     rebuilt = Record.from_row({k: parse_cell(v) for k, v in row.items()})
     assert rebuilt.config == record.config
     for column in ("params", "fwd_MACs", "exact_MACs", "fwd_exps"):
-        assert rebuilt.exact[column] == record.exact[column]
+        assert rebuilt.exact_figures()[column] == record.exact_figures()[column]
 
 
 def test_from_row_of_a_failed_record():
@@ -168,7 +168,7 @@ def test_from_row_of_a_failed_record():
 
 def test_json_has_schema_environment_and_records():
     data = json.loads(render_json(make_report(make_record(backward=True))))
-    assert data["schema"] == SCHEMA == "lrprof.report/1"
+    assert data["schema"] == SCHEMA == "lrprof.report/2"
     assert data["command"] == "layer"
     assert data["argv"] == ["layer", "--k", "3"]
     env = data["environment"]

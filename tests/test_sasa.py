@@ -382,7 +382,7 @@ def test_layer_command_profiles_sasa_rows(tmp_path, capsys):
     assert len(records) == 4 and {r["config"]["impl"] for r in records} == {"shift", "unfold"}
     for r in records:
         assert r["checks"]["verdict"] == "ok", r["checks"]
-        assert r["exact"]["fwd_MACs"] == r["exact"]["exact_MACs"]
+        assert r["counted"]["fwd_MACs"] == r["model"]["exact_MACs"]
         assert r["checks"]["output_ok"] is True
 
 

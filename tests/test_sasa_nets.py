@@ -177,7 +177,7 @@ def test_profile_net_small():
     assert net.error is None
     assert net.checks["exact_match"] and net.checks["verdict"] == "ok"
     assert all(r.checks["exact_match"] for r in profile.stages + profile.layers)
-    ops = {c.op for c in profile.exact}
+    ops = {c.op for c in profile.layer_costs}
     assert {"sasa", "sasa-stem", "conv", "linear"} <= ops
     assert net.checks["paper_verdict"].startswith("differs (expected:")
     assert net.checks["paper_failed"] is False

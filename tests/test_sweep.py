@@ -147,7 +147,8 @@ def _config(**kw) -> SweepConfig:
 
 
 def _exact(records: list[Record]) -> dict[str, tuple]:
-    return {config_key(r.config): (r.exact.get("fwd_MACs"), r.exact.get("params"), r.exact.get("exact_MACs"))
+    return {config_key(r.config): (r.counted.get("fwd_MACs"), r.counted.get("params"),
+                                   r.model.get("exact_MACs"))
             for r in records}
 
 
@@ -167,8 +168,8 @@ def test_merged_shards_equal_one_unsharded_run(tmp_path):
     # k=1 m=1 C=4 6x6: the exact model, counted (a figure computed here, not read back)
     k1 = next(r for r in both.records if r.config["k"] == 1 and r.config["m"] == 1)
     c, g, hw = 4, 4, 36
-    assert k1.exact["exact_MACs"] == c * g * hw * 2 + g * hw + c * hw + c * c * hw + 1 * g * (2 + g)
-    assert k1.exact["fwd_MACs"] >= k1.exact["exact_MACs"]
+    assert k1.model["exact_MACs"] == c * g * hw * 2 + g * hw + c * hw + c * c * hw + 1 * g * (2 + g)
+    assert k1.counted["fwd_MACs"] >= k1.model["exact_MACs"]
     # one shard alone: the other's rows are missing, by name
     half = merge_rows([tmp_path / "shards" / "rows-shard-1-of-2.jsonl"])
     assert len(half.missing) == 4 - len(half.records) > 0
@@ -275,7 +276,7 @@ def test_failing_rows_are_recorded_and_the_worker_replaced(tmp_path, faulty):
     assert workers[0] == workers[1] == workers[2]  # an error and an OOM leave the worker usable
     assert len({workers[2], workers[3], workers[4], workers[5]}) == 4  # replaced after each of those
     ok = by_mode["ok"]["record"]
-    assert ok["exact"]["fwd_MACs"] == 2 * 4 * 4 and ok["latency"]["fwd"]["runs"] >= 2
+    assert ok["counted"]["fwd_MACs"] == 2 * 4 * 4 and ok["latency"]["fwd"]["runs"] >= 2
     text = stream.getvalue()
     assert "FAILED faulty[torch] mode=hang" in text and "timeout" in text
     assert "replaced" in text and "died (exit status 3)" in text
@@ -321,7 +322,7 @@ def _rows_file(path: Path, env: dict, grid: list[dict], rows: list[Record], shar
 def test_merge_refuses_mixed_setups_and_names_missing_and_duplicate_rows(tmp_path, capsys):
     env = collect(__import__("torch").device("cpu")).to_dict()
     grid = [{"op": "lr", "k": k} for k in (1, 3, 5)]
-    rec = {k: Record(kind="layer", name=f"k={k}", config={"op": "lr", "k": k}, exact={"fwd_MACs": k})
+    rec = {k: Record(kind="layer", name=f"k={k}", config={"op": "lr", "k": k}, counted={"fwd_MACs": k})
            for k in (1, 3, 5)}
     failed = Record(kind="layer", name="k=3", config={"op": "lr", "k": 3}, error="timeout: no result")
     _rows_file(tmp_path / "a.jsonl", env, grid, [rec[1], failed], (1, 2))
@@ -389,7 +390,8 @@ def _synthetic(op: str, impl: str, macs: float, ms: float, noise: float, rng, **
     stats = Stats.from_times(samples, 1, "synthetic", 2)
     return Record(kind="layer", name=f"{op} {config}", config={"op": op, "impl": impl, "dtype": "float32",
                                                                **config},
-                  exact={"fwd_MACs": int(macs), "paper_O_MACs": macs / 0.8}, latency={"fwd": stats})
+                  counted={"fwd_MACs": int(macs)}, model={"paper_O_MACs": macs / 0.8},
+                  latency={"fwd": stats})
 
 
 def test_fits_recover_a_known_power_law_and_name_the_outlier():
@@ -405,7 +407,7 @@ def test_fits_recover_a_known_power_law_and_name_the_outlier():
     assert fit.macs_vs_model.exponent == pytest.approx(1.0, abs=1e-6) and fit.macs_vs_model.r2 > 0.999
     latency = fit.latency_vs_macs
     # the same fit by numpy's polynomial least squares, on the medians
-    x = [r.exact["fwd_MACs"] for r in records]
+    x = [r.counted["fwd_MACs"] for r in records]
     y = [r.latency["fwd"].median_ms for r in records]
     slope, _ = np.polyfit(np.log(x), np.log(y), 1)
     assert latency.exponent == pytest.approx(slope, rel=1e-9)

@@ -1,8 +1,9 @@
 """Command line: parse, validate, delegate to the API, print, write reports. Nothing else.
 
-One module per command; this one holds the app, the entry point and what the commands
-share. Bad input of any kind ends in one line on stderr naming the parameter and what is
-allowed, and exit status 2, never a traceback.
+One module per command, each registering itself on the app of `cli/app.py` (with what the
+commands share); this one imports them and holds the entry point. Bad input of any kind
+ends in one line on stderr naming the parameter and what is allowed, and exit status 2,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import sys
 
 import typer
 
-from lrprof.cli import check, compare, helptext, layer, merge, net, ops, options, sweep  # noqa: F401  (register the commands)
+# each command registers itself on the app when imported
+from lrprof.cli import check, compare, helptext, layer, merge, net, ops, options, schema, sweep  # noqa: F401
 from lrprof.cli.app import (
     _ARGUMENTS,
     EXIT_OK,

@@ -259,7 +259,7 @@ def _missing(old: Record, new: Record, old_side: _Side, new_side: _Side) -> None
     the new row failed, which is its own verdict)."""
     if new.error:
         return
-    lacking = [c for c in EXACT_COLUMNS + INSTRUCTION_COLUMNS if c in old.exact and c not in new.exact]
+    lacking = [c for c in EXACT_COLUMNS + INSTRUCTION_COLUMNS if c in old.counted and c not in new.counted]
     lacking += [f"{p} latency" for p in PHASES if p in old.latency and p not in new.latency]
     lacking += [f"{p} memory" for p in PHASES if p in old.memory and p not in new.memory]
     if lacking:
@@ -299,8 +299,9 @@ def compare_records(old: Record, new: Record, t: Thresholds, old_side: _Side | N
     if new.error:
         why = new.error if not old.error else f"{new.error} (failed in the old report too)"
         metrics.append(MetricChange("error", None, None, None, ERROR, why))
+    old_exact, new_exact = old.exact_figures(), new.exact_figures()
     for col in EXACT_COLUMNS:
-        a, b = old.exact.get(col), new.exact.get(col)
+        a, b = old_exact.get(col), new_exact.get(col)
         if a is None or b is None:
             continue
         if a != b:
@@ -309,8 +310,8 @@ def compare_records(old: Record, new: Record, t: Thresholds, old_side: _Side | N
         else:
             metrics.append(MetricChange(col, a, b, 0.0, SAME))
     for col in INSTRUCTION_COLUMNS:
-        if col in old.exact and col in new.exact:
-            metrics.append(_instructions(col, old.exact[col], new.exact[col], t))
+        if col in old.counted and col in new.counted:
+            metrics.append(_instructions(col, old.counted[col], new.counted[col], t))
     for phase in PHASES:
         if phase in old.latency and phase in new.latency:
             refs = (None, None)

@@ -23,8 +23,8 @@ from lrprof.measure import counting, roofline
 from lrprof.measure.accuracy import METHOD as OUTPUT_METHOD
 from lrprof.measure.accuracy import compare_with_reference
 from lrprof.measure.device import Environment, collect
-from lrprof.measure.instructions import count_rows
 from lrprof.profile.checks import count_checks, settle
+from lrprof.profile.instructions import count_rows
 from lrprof.profile.progress import NoProgress
 from lrprof.profile.replicate import build_row, time_in_processes
 from lrprof.profile.steps import Phase, add_stock_counts, measure_memory, phase_calls, run_step, time_rows
@@ -212,7 +212,8 @@ def _prepare(row: _Row, options: MeasureOptions) -> None:
     spec, record, device = row.spec, row.record, row.device
     op = get_op(spec.op)
     cost = op.cost(spec)
-    record.exact.update({"params": cost.params, "exact_MACs": cost.macs, "exact_exps": cost.softmax_exps,
+    record.counted["params"] = cost.params
+    record.model.update({"exact_MACs": cost.macs, "exact_exps": cost.softmax_exps,
                          "paper_O_MACs": cost.paper_macs})
     impl = op.impl(spec.impl)
     record.detail.update({
@@ -242,7 +243,7 @@ def _prepare(row: _Row, options: MeasureOptions) -> None:
     if callable(prepare) and not run_step(record, "preparing (compile, build)",
                                           lambda: _setup(record, prepare, inputs, options), device):
         return
-    record.exact["params"] = sum(p.numel() for p in module.parameters())
+    record.counted["params"] = sum(p.numel() for p in module.parameters())
     run_step(record, "counting", lambda: _count(record, module, inputs, cost, options), device)
     if options.check_output:
         run_step(record, "checking output", lambda: _check_output(row, op, options), device)
@@ -265,7 +266,7 @@ def _roofline(row: _Row) -> None:
     if fwd is None or "design_bytes" not in record.derived:
         return
     ceiling = roofline.ceilings(row.device, row.spec.dtype)
-    macs = record.exact.get("fwd_MACs")
+    macs = record.counted.get("fwd_MACs")
     figures = roofline.roofline(2 * macs if macs is not None else None, record.derived["design_bytes"],
                                 record.derived.get("minimal_bytes"), fwd.median_ms / 1e3, ceiling)
     record.derived.update(figures)
@@ -275,10 +276,10 @@ def _roofline(row: _Row) -> None:
 def _count(record: Record, module: nn.Module, inputs: tuple, cost: CostModel,
            options: MeasureOptions) -> None:
     counted = counting.count(module, *inputs, backward=options.backward)
-    record.exact.update({"fwd_MACs": counted.macs, "fwd_exps": counted.softmax_exps})
+    record.counted.update({"fwd_MACs": counted.macs, "fwd_exps": counted.softmax_exps})
     if options.backward:
-        record.exact.update({"bwd_MACs": counted.bwd_macs, "bwd_exps": counted.bwd_exps})
-    record.checks.update(count_checks(counted, cost.macs, cost.softmax_exps, record.exact["params"],
+        record.counted.update({"bwd_MACs": counted.bwd_macs, "bwd_exps": counted.bwd_exps})
+    record.checks.update(count_checks(counted, cost.macs, cost.softmax_exps, record.counted["params"],
                                       cost.params, cost.paper_macs, cost.paper_band))
     record.detail["ops"] = [dataclasses.asdict(o) for o in counted.by_op]
     record.detail["uncounted"] = counted.uncounted
@@ -308,8 +309,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def _derive(row: _Row) -> None:
     record = row.record
     fwd = record.latency.get("fwd")
-    if fwd and record.exact.get("fwd_MACs"):
-        record.derived["fwd_GMAC_per_s"] = record.exact["fwd_MACs"] / (fwd.median_ms / 1e3) / 1e9
+    if fwd and record.counted.get("fwd_MACs"):
+        record.derived["fwd_GMAC_per_s"] = record.counted["fwd_MACs"] / (fwd.median_ms / 1e3) / 1e9
     base = row.baseline
     if base is None:
         return

@@ -97,12 +97,12 @@ def count_module(record: Record, module: nn.Module, inputs: Sequence[Any], optio
         backward = counting.count(module, *inputs, backward=True) if options.backward else None
         if options.stock_counters:
             add_stock_counts(record, module, inputs, counted)
-    record.exact.update({"fwd_MACs": counted.macs, "fwd_exps": counted.softmax_exps})
+    record.counted.update({"fwd_MACs": counted.macs, "fwd_exps": counted.softmax_exps})
     ops = list(counted.by_op)
     uncounted = dict(counted.uncounted)
     opaque = list(counted.opaque)
     if backward is not None:
-        record.exact.update({"bwd_MACs": backward.bwd_macs, "bwd_exps": backward.bwd_exps})
+        record.counted.update({"bwd_MACs": backward.bwd_macs, "bwd_exps": backward.bwd_exps})
         ops += [o for o in backward.by_op if o.phase == counting.BWD]
         uncounted.update({k: v for k, v in backward.uncounted.items() if k.endswith("(backward)")})
         opaque += [o for o in backward.opaque if o not in opaque]
@@ -122,7 +122,7 @@ def prepare_module_row(record: Record, module: nn.Module, inputs: Sequence[Any],
                        options: MeasureOptions) -> dict[str, Phase]:
     """Count the module and get its phases ready to time beside other rows; failures stay
     in the record's `error`."""
-    record.exact["params"] = sum(p.numel() for p in module.parameters())
+    record.counted["params"] = sum(p.numel() for p in module.parameters())
     record.detail["device"] = str(device)
     run_step(record, "counting", lambda: count_module(record, module, inputs, options), device)
     settle(record.checks)
@@ -223,8 +223,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def derive(record: Record, baseline: Record | None) -> None:
     """Throughput, and the ratios to the baseline row timed in the same schedule."""
     fwd = record.latency.get("fwd")
-    if fwd and record.exact.get("fwd_MACs"):
-        record.derived["fwd_GMAC_per_s"] = record.exact["fwd_MACs"] / (fwd.median_ms / 1e3) / 1e9
+    if fwd and record.counted.get("fwd_MACs"):
+        record.derived["fwd_GMAC_per_s"] = record.counted["fwd_MACs"] / (fwd.median_ms / 1e3) / 1e9
     if baseline is None:
         return
     record.derived["baseline"] = baseline.name
@@ -273,7 +273,7 @@ def _parts(profile: ModuleProfile, device: torch.device, options: MeasureOptions
     names = list(modules)
     children = _children(names)
     module_macs: dict[str, int] = record.detail.get("module_macs", {})
-    total = record.exact.get("fwd_MACs")
+    total = record.counted.get("fwd_MACs")
     calls = _calls(base, profile.inputs)
     stats: dict[str, Stats] = {}
     own_ms: dict[str, float] = {}
@@ -292,7 +292,7 @@ def _parts(profile: ModuleProfile, device: torch.device, options: MeasureOptions
         own = macs - sum(module_macs.get(c, 0) for c in children[n])
         r = Record(kind="module-part", name=f"{record.name}:{n or WHOLE}",
                    config={**record.config, "part": n or WHOLE})
-        r.exact.update({"params": sum(p.numel() for p in modules[n].parameters()),
+        r.counted.update({"params": sum(p.numel() for p in modules[n].parameters()),
                         "fwd_MACs": macs, "own_fwd_MACs": own})
         if n in stats:
             r.latency["fwd"] = stats[n]

@@ -88,7 +88,7 @@ class NetProfile:
     net: Record  # kind "net"
     stages: list[Record] = field(default_factory=list)  # kind "stage"
     layers: list[Record] = field(default_factory=list)  # kind "net-layer"
-    exact: list[LayerCost] = field(default_factory=list)
+    layer_costs: list[LayerCost] = field(default_factory=list)  # each layer's operator model
     model: nn.Module | None = None
     x: torch.Tensor | None = None
     phases: dict[str, Phase] = field(default_factory=dict)
@@ -189,16 +189,16 @@ def _prepare(spec: NetSpec, device: torch.device, options: MeasureOptions) -> Ne
     exact = net_costs(spec)
     record = Record(kind="net", name=spec.label, config=spec.config())
     record.detail["device"] = str(device)
-    profile = NetProfile(spec, record, exact=exact)
-    record.exact.update({"params": sum(c.params for c in exact),
-                         "exact_MACs": sum(c.macs for c in exact),
+    profile = NetProfile(spec, record, layer_costs=exact)
+    record.counted["params"] = sum(c.params for c in exact)
+    record.model.update({"exact_MACs": sum(c.macs for c in exact),
                          "exact_exps": sum(c.softmax_exps for c in exact)})
     record.checks.update(dict.fromkeys(("paper_params_diff_pct", "paper_MACs_diff_pct", "paper_verdict")))
     figures = netdef.paper if spec.is_default_net else ()
     if figures:  # the tables are for 224x224, batch 1: count that input whatever this run's is
         paper_costs = exact if spec.input_shape == PAPER_INPUT else exact_by_layer(
             spec.name, spec.overrides, PAPER_INPUT)
-        rows = paper_checks(record.exact["params"], sum(c.macs for c in paper_costs), figures)
+        rows = paper_checks(record.counted["params"], sum(c.macs for c in paper_costs), figures)
         record.detail["paper_check"] = rows
         record.checks.update({"paper_params_diff_pct": rows[0]["params diff (%)"],
                               "paper_MACs_diff_pct": rows[0]["MACs diff (%)"],
@@ -227,10 +227,10 @@ def _count(profile: NetProfile, net: nn.Module, x: torch.Tensor, options: Measur
     record = profile.net
     counted = counting.count(net, x, per_module=True, backward=options.backward,
                              input_grad=False, train_for_backward=True)
-    record.exact.update({"fwd_MACs": counted.macs, "fwd_exps": counted.softmax_exps})
+    record.counted.update({"fwd_MACs": counted.macs, "fwd_exps": counted.softmax_exps})
     if options.backward:
-        record.exact.update({"bwd_MACs": counted.bwd_macs, "bwd_exps": counted.bwd_exps})
-    record.checks.update(count_checks(counted, record.exact["exact_MACs"], record.exact["exact_exps"]))
+        record.counted.update({"bwd_MACs": counted.bwd_macs, "bwd_exps": counted.bwd_exps})
+    record.checks.update(count_checks(counted, record.model["exact_MACs"], record.model["exact_exps"]))
     record.detail["ops"] = [dataclasses.asdict(o) for o in counted.by_op]
     record.detail["module_macs"] = counted.module_macs
     if options.stock_counters:
@@ -247,18 +247,19 @@ def _stages(profiles: list[NetProfile], device: torch.device, options: MeasureOp
 def _stage_records(profile: NetProfile, stage_times: dict[str, list[float]]) -> None:
     record = profile.net
     module_macs: dict[str, int] = record.detail.get("module_macs", {})
-    total_counted = record.exact.get("fwd_MACs")
+    total_counted = record.counted.get("fwd_MACs")
     modules = dict(profile.model.named_modules())
     hooked_total = [sum(run) for run in zip(*stage_times.values(), strict=True)]
     stage_stats = {s: Stats.from_times(t, 1, HOOK_METHOD) for s, t in stage_times.items()}
     total_median = sum(st.median_ms for st in stage_stats.values())
     record.derived["hooked_fwd_median_ms"] = Stats.from_times(hooked_total, 1, HOOK_METHOD).median_ms
     for stage in STAGES:
-        exact_stage = sum(c.macs for c in profile.exact if _stage_of(c.name) == stage)
+        exact_stage = sum(c.macs for c in profile.layer_costs if _stage_of(c.name) == stage)
         r = Record(kind="stage", name=f"{profile.spec.label}:{stage}",
                    config={**record.config, "stage": stage})
-        r.exact.update({"params": sum(p.numel() for p in modules[stage].parameters()),
-                        "fwd_MACs": module_macs.get(stage), "exact_MACs": exact_stage})
+        r.counted.update({"params": sum(p.numel() for p in modules[stage].parameters()),
+                          "fwd_MACs": module_macs.get(stage)})
+        r.model["exact_MACs"] = exact_stage
         r.checks["exact_match"] = module_macs.get(stage) == exact_stage
         r.latency["fwd"] = stage_stats[stage]
         r.derived.update({
@@ -269,7 +270,7 @@ def _stage_records(profile: NetProfile, stage_times: dict[str, list[float]]) -> 
 
 
 def _layers(profiles: list[NetProfile], device: torch.device, options: MeasureOptions) -> None:
-    entries = [Parts(p.model, (p.x,), [c.name for c in p.exact]) for p in profiles]
+    entries = [Parts(p.model, (p.x,), [c.name for c in p.layer_costs]) for p in profiles]
     for profile, times in zip(profiles, time_parts_interleaved(entries, device, options.hooked_runs),
                               strict=True):
         _layer_records(profile, times)
@@ -278,15 +279,15 @@ def _layers(profiles: list[NetProfile], device: torch.device, options: MeasureOp
 def _layer_records(profile: NetProfile, layer_times: dict[str, list[float]]) -> None:
     record = profile.net
     module_macs: dict[str, int] = record.detail.get("module_macs", {})
-    total_counted = record.exact.get("fwd_MACs")
+    total_counted = record.counted.get("fwd_MACs")
     layer_stats = {n: Stats.from_times(t, 1, HOOK_METHOD) for n, t in layer_times.items()}
     layers_total = sum(st.median_ms for st in layer_stats.values())
     record.derived["hooked_layers_sum_ms"] = layers_total
-    for c in profile.exact:
+    for c in profile.layer_costs:
         r = Record(kind="net-layer", name=f"{profile.spec.label}:{c.name}",
                    config={**record.config, "layer": c.name})
-        r.exact.update({"params": c.params, "fwd_MACs": module_macs.get(c.name, 0),
-                        "exact_MACs": c.macs})
+        r.counted.update({"params": c.params, "fwd_MACs": module_macs.get(c.name, 0)})
+        r.model["exact_MACs"] = c.macs
         r.checks["exact_match"] = module_macs.get(c.name, 0) == c.macs
         r.latency["fwd"] = layer_stats[c.name]
         r.derived.update({

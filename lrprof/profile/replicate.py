@@ -16,13 +16,8 @@ The worker is this module: `python -m lrprof.profile.replicate REQUEST.json RESU
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,11 +25,10 @@ from torch import nn
 
 from lrprof.measure import noise
 from lrprof.measure.timing import Stats, TimingOptions
+from lrprof.profile.child import child_main, run_child
 from lrprof.record.records import Record
 from lrprof.spec.errors import describe
 from lrprof.spec.layer import LayerSpec
-
-WORKER_TIMEOUT_S = 3600  # a hung worker must not hang the profile forever
 
 
 def build_row(spec: LayerSpec, seed: int, device: torch.device) -> tuple[nn.Module, tuple[Any, ...]]:
@@ -59,34 +53,10 @@ def spec_from_dict(data: dict[str, Any]) -> LayerSpec:
     return LayerSpec(**fields, params=tuple(data.get("params", {}).items()))
 
 
-def child_env() -> dict[str, str]:
-    """The parent's environment, with this lrprof importable first (an editable install, a
-    PYTHONPATH checkout or a wheel all work)."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no output"
-
-
 def run_process(request: dict[str, Any], index: int) -> dict[str, Any]:
-    """One worker: its per-row results, or {"failed": why}."""
-    with tempfile.TemporaryDirectory(prefix="lrprof-repeat-") as tmp:
-        req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
-        req.write_text(json.dumps({**request, "rotate": index}))
-        try:
-            done = subprocess.run([sys.executable, "-m", "lrprof.profile.replicate", str(req), str(res)],
-                                  env=child_env(), capture_output=True, text=True,
-                                  timeout=WORKER_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
-            return {"failed": f"no result after {WORKER_TIMEOUT_S} s"}
-        if done.returncode != 0 or not res.is_file():
-            return {"failed": f"exit {done.returncode}: {_last_line(done.stderr or done.stdout)}"}
-        return json.loads(res.read_text())
+    """One timing process: its per-row results, or {"failed": why}."""
+    done = run_child("lrprof.profile.replicate", {**request, "rotate": index}, prefix="lrprof-repeat-")
+    return {"failed": done.failed} if done.failed else done.result
 
 
 def time_in_processes(rows: Sequence[tuple[LayerSpec, Record]], device: torch.device, repeat: int,
@@ -104,7 +74,7 @@ def time_in_processes(rows: Sequence[tuple[LayerSpec, Record]], device: torch.de
         result = run_process(request, k)
         if "failed" in result:
             for _, record in rows:
-                _add_error(record, f"timing process {k + 1} of {repeat}: {result['failed']}")
+                record.add_error(f"timing process {k + 1} of {repeat}: {result['failed']}")
             result = {"rows": [{} for _ in rows], "noise": None}
         if result.get("noise"):
             sessions.append(result["noise"])
@@ -112,7 +82,7 @@ def time_in_processes(rows: Sequence[tuple[LayerSpec, Record]], device: torch.de
             for phase in set(phases) | set(got):
                 value = got.get(phase)
                 if isinstance(value, dict) and "error" in value:
-                    _add_error(record, f"timing {phase} in process {k + 1}: {value['error']}")
+                    record.add_error(f"timing {phase} in process {k + 1}: {value['error']}")
                     value = None
                 stats = Stats.from_dict(value) if isinstance(value, dict) else None
                 phases.setdefault(phase, [None] * k).append(stats)
@@ -133,10 +103,6 @@ def _pool(rows: Sequence[tuple[LayerSpec, Record]], per_row: list[dict[str, list
                 pooled = Stats.pooled(parts)
                 method = f"{pooled.method}; runs pooled from {len(parts)} of {repeat} fresh processes"
                 record.latency[phase] = dataclasses.replace(pooled, method=method)
-
-
-def _add_error(record: Record, text: str) -> None:
-    record.error = f"{record.error}; {text}" if record.error else text
 
 
 # ---- the worker ---------------------------------------------------------------------------
@@ -168,15 +134,5 @@ def worker(request: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "noise": session}
 
 
-def main(argv: list[str]) -> int:
-    request_path, result_path = Path(argv[0]), Path(argv[1])
-    try:
-        result = worker(json.loads(request_path.read_text()))
-    except KeyboardInterrupt:
-        return 130
-    result_path.write_text(json.dumps(result))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(child_main(worker, sys.argv[1:]))

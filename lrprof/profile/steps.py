@@ -19,12 +19,6 @@ from lrprof.measure.timing import Stats, TimingOptions, time_interleaved
 from lrprof.record.records import Record
 from lrprof.spec.errors import describe
 
-PHASES = ("fwd", "fwd_bwd")
-
-
-def add_error(record: Record, text: str) -> None:
-    record.error = f"{record.error}; {text}" if record.error else text
-
 
 def run_step(record: Record, what: str, step: Callable[[], None], device: torch.device) -> bool:
     """One stage of a profile (counting, timing a phase...). A failure (out of memory, a
@@ -34,7 +28,7 @@ def run_step(record: Record, what: str, step: Callable[[], None], device: torch.
         step()
         return True
     except Exception as exc:  # recorded in the row, not raised: the report keeps the rest
-        add_error(record, f"{what}: {describe(exc)}")
+        record.add_error(f"{what}: {describe(exc)}")
         return False
     finally:
         if device.type == "cuda":
@@ -45,7 +39,7 @@ def add_stock_counts(record: Record, model: nn.Module, inputs: Sequence[Any], co
     """What stock fvcore and FlopCounterMode report for the same forward pass, beside ours
     family by family, and the share of our count each one misses."""
     found = stock.stock_counts(model, *inputs)
-    record.exact.update({"fvcore_stock_MACs": found.fvcore_macs,
+    record.counted.update({"fvcore_stock_MACs": found.fvcore_macs,
                          "torch_flopcounter_FLOPs": found.flopcounter_flops,
                          "torch_flopcounter_MACs": found.flopcounter_macs})
     if found.fvcore_error is None:
@@ -123,7 +117,7 @@ def time_rows(rows: Sequence[tuple[Record, dict[str, Phase]]], device: torch.dev
     for (index, name), result in results.items():
         record = rows[index][0]
         if isinstance(result, Exception):
-            add_error(record, f"timing {name}: {describe(result)}")
+            record.add_error(f"timing {name}: {describe(result)}")
         else:
             record.latency[name] = result
     noise.flag_rows([record for record, _ in rows], [session])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lrprof.record.records import ENV_COLUMNS, SCHEMA, Record, parse_cell, partial_text
+from lrprof.record.records import ENV_COLUMNS, READABLE_SCHEMAS, SCHEMA, Record, parse_cell, partial_text
 from lrprof.record.validate import check_csv_row, check_json_record
 from lrprof.spec.errors import InputError
 
@@ -40,8 +40,9 @@ def load(path: Path) -> Loaded:
             raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         except RecursionError:
             raise InputError(f"{path}: not valid JSON (nested too deeply)") from None
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise InputError(f"{path}: not an lrprof report (expected schema {SCHEMA})")
+        if not isinstance(data, dict) or data.get("schema") not in READABLE_SCHEMAS:
+            raise InputError(f"{path}: not an lrprof report (expected schema {SCHEMA} or an earlier "
+                             f"version: {', '.join(READABLE_SCHEMAS)})")
         if not isinstance(data.get("records"), list):
             raise InputError(f"{path}: malformed lrprof report (records: a list expected)")
         for index, raw in enumerate(data["records"]):
@@ -71,3 +72,9 @@ def load(path: Path) -> Loaded:
         env["device"] = rows[0].get("device")
         return Loaded(path, records, env, rows[0].get("partial_report") or None)
     raise InputError(f"{path}: unknown report format (expected .json or .csv)")
+
+
+def load_report(path: str | Path) -> Loaded:
+    """A report lrprof wrote (JSON or CSV, schema version 1 or 2), every figure validated:
+    its records, the environment it was measured in, and why it is partial, if it is."""
+    return load(Path(path))

@@ -18,7 +18,10 @@ from lrprof.measure.device import Environment
 from lrprof.measure.memory import MemoryStats
 from lrprof.measure.timing import Stats
 
-SCHEMA = "lrprof.report/1"
+SCHEMA = "lrprof.report/2"
+# Earlier versions this package still reads (compare, merge): version 1 kept the counted and the
+# model's figures in one group named `exact`.
+READABLE_SCHEMAS = ("lrprof.report/1", SCHEMA)
 
 # Reports written before rows named their identity: these columns were the identity.
 LEGACY_CONFIG_COLUMNS: tuple[str, ...] = (
@@ -26,8 +29,17 @@ LEGACY_CONFIG_COLUMNS: tuple[str, ...] = (
     "height", "width", "k", "m", "stride", "dtype", "device",
 )
 IDENTITY_COLUMN = "identity"
-# Figures that are exact for a given configuration: any change is a change of the model.
-EXACT_COLUMNS: list[str] = ["params", "fwd_MACs", "bwd_MACs", "exact_MACs", "fwd_exps", "bwd_exps"]
+# Figures counted at the dispatcher (and the parameters counted on the module) and the cost
+# model's figures: both are exact for a given configuration, any change is a change of the model.
+COUNTED_COLUMNS: list[str] = ["params", "fwd_MACs", "bwd_MACs", "fwd_exps", "bwd_exps"]
+MODEL_COLUMNS: list[str] = ["exact_MACs"]
+EXACT_COLUMNS: list[str] = COUNTED_COLUMNS + MODEL_COLUMNS
+
+
+def is_model_figure(name: str) -> bool:
+    """The cost model's figures (its exact term count, the published formula's) as opposed to
+    what was counted: `exact_*` and `paper_*`."""
+    return name.startswith(("exact_", "paper_"))
 # Names earlier reports used for the same figures.
 LEGACY_NAMES = {"counted_MACs": "fwd_MACs", "counted_softmax_exps": "fwd_exps",
                 "exact_softmax_exps": "exact_exps"}
@@ -101,13 +113,22 @@ class Record:
     kind: str
     name: str
     config: dict[str, Any]
-    exact: dict[str, Any] = field(default_factory=dict)  # params, MACs: deterministic figures
+    counted: dict[str, Any] = field(default_factory=dict)  # params, MACs, exps as counted
+    model: dict[str, Any] = field(default_factory=dict)  # the cost model's: exact_MACs, paper_O_MACs
     checks: dict[str, Any] = field(default_factory=dict)  # ratios and verdicts derived from them
     latency: dict[str, Stats] = field(default_factory=dict)  # phase -> distribution
     memory: dict[str, MemoryStats] = field(default_factory=dict)  # phase -> peak
     derived: dict[str, Any] = field(default_factory=dict)  # throughput, shares
     detail: dict[str, Any] = field(default_factory=dict)  # JSON only: term tables, op lists
     error: str | None = None
+
+    def add_error(self, text: str) -> None:
+        """A failure of one step, kept beside any earlier one."""
+        self.error = f"{self.error}; {text}" if self.error else text
+
+    def exact_figures(self) -> dict[str, Any]:
+        """Counted and model figures together: what must not change for a configuration."""
+        return {**self.counted, **self.model}
 
     def key(self) -> tuple:
         return (self.kind, self.name, *sorted((k, str(v)) for k, v in self.config.items()))
@@ -116,7 +137,8 @@ class Record:
         row: dict[str, Any] = {"kind": self.kind, "name": self.name}
         row.update(self.config)
         row[IDENTITY_COLUMN] = " ".join(self.config)
-        row.update(self.exact)
+        row.update(self.counted)
+        row.update(self.model)
         row.update(self.checks)
         timing = next(iter(self.latency.values()), None)
         for phase in PHASES:
@@ -150,7 +172,8 @@ class Record:
             "kind": self.kind,
             "name": self.name,
             "config": self.config,
-            "exact": self.exact,
+            "counted": self.counted,
+            "model": self.model,
             "checks": self.checks,
             "latency": {k: v.to_dict() for k, v in self.latency.items()},
             "memory": {k: v.to_dict() for k, v in self.memory.items()},
@@ -161,11 +184,18 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
+        if "exact" in data:  # version 1: one group, split here by name
+            old = _renamed(dict(data.get("exact") or {}))
+            counted = {k: v for k, v in old.items() if not is_model_figure(k)}
+            model = {k: v for k, v in old.items() if is_model_figure(k)}
+        else:
+            counted, model = dict(data.get("counted") or {}), dict(data.get("model") or {})
         return cls(
             kind=data["kind"],
             name=data["name"],
             config=dict(data.get("config") or {}),
-            exact=_renamed(dict(data.get("exact") or {})),
+            counted=counted,
+            model=model,
             checks=dict(data.get("checks") or {}),
             latency={k: Stats.from_dict(v) for k, v in (data.get("latency") or {}).items()},
             memory={k: MemoryStats(**v) for k, v in (data.get("memory") or {}).items()},
@@ -183,7 +213,8 @@ class Record:
         else:  # a report from before rows named their identity
             config = {c: row[c] for c in LEGACY_CONFIG_COLUMNS if row.get(c) not in (None, "")}
         row = _renamed(row)
-        exact = {c: row[c] for c in EXACT_COLUMNS + INSTRUCTION_COLUMNS if row.get(c) not in (None, "")}
+        counted = {c: row[c] for c in COUNTED_COLUMNS + INSTRUCTION_COLUMNS if row.get(c) not in (None, "")}
+        model = {c: row[c] for c in MODEL_COLUMNS if row.get(c) not in (None, "")}
         latency = {}
         for phase in PHASES:
             if row.get(f"{phase}_median_ms") in (None, ""):
@@ -212,7 +243,7 @@ class Record:
             )
         derived = {c: row[c] for c in READ_BACK_DERIVED if row.get(c) not in (None, "")}
         return cls(kind=str(row.get("kind") or ""), name=str(row.get("name") or ""),
-                   config=config, exact=exact, latency=latency, memory=memory,
+                   config=config, counted=counted, model=model, latency=latency, memory=memory,
                    derived=derived, error=row.get("error") or None)
 
 

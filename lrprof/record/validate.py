@@ -113,13 +113,13 @@ def check_json_record(path: Path, index: int, data: Any) -> None:
     for key, value in config.items():
         if isinstance(value, (dict, list)):
             raise where.fail(f"config.{key}", f"{_describe(value)} (a single value expected)")
-    for section in ("exact", "checks", "latency", "memory", "derived", "detail"):
+    for section in ("counted", "model", "exact", "checks", "latency", "memory", "derived", "detail"):
         if data.get(section) is not None and not isinstance(data[section], dict):
             raise where.fail(section, f"{_describe(data[section])} (an object expected)")
-    exact = data.get("exact") or {}
-    for key, value in exact.items():
-        if LEGACY_NAMES.get(key, key) in GATED:
-            number(where, f"exact.{key}", value, integer=True)
+    for group in ("counted", "model", "exact"):  # version 2's groups, and version 1's one
+        for key, value in (data.get(group) or {}).items():
+            if LEGACY_NAMES.get(key, key) in GATED:
+                number(where, f"{group}.{key}", value, integer=True)
     for phase, stats in (data.get("latency") or {}).items():
         _json_latency(where, f"latency.{phase}.", stats)
     for phase, stats in (data.get("memory") or {}).items():

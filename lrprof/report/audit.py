@@ -36,14 +36,14 @@ def side_by_side_rows(records: list[Record]) -> list[dict[str, Any]]:
     for r in records:
         row: dict[str, Any] = {
             "implementation": r.name,
-            "params": r.exact.get("params"),
-            "fwd MACs": r.exact.get("fwd_MACs"),
-            "fwd exps": r.exact.get("fwd_exps"),
+            "params": r.counted.get("params"),
+            "fwd MACs": r.counted.get("fwd_MACs"),
+            "fwd exps": r.counted.get("fwd_exps"),
             "fwd ms, median [IQR]": latency_text(r.latency.get("fwd"), runs=False),
             "fwd runs": runs_text(r.latency.get("fwd")),
         }
         if backward:
-            row["bwd MACs"] = r.exact.get("bwd_MACs")
+            row["bwd MACs"] = r.counted.get("bwd_MACs")
             row["fwd+bwd ms, median [IQR]"] = latency_text(r.latency.get("fwd_bwd"), runs=False)
             row["fwd+bwd runs"] = runs_text(r.latency.get("fwd_bwd"))
         m = r.memory.get("fwd")

@@ -49,21 +49,21 @@ def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
     baseline = any("baseline" in r.derived for r in records)
     replicated = any(s.processes > 1 for r in records for s in r.latency.values())
     flagged = any(r.derived.get("timing_unreliable") for r in records)
-    instructions = any("fwd_instructions" in r.exact for r in records)
+    instructions = any("fwd_instructions" in r.counted for r in records)
     rows = []
     for r in records:
         row: dict[str, Any] = {
             LAYER: r.name,
             "dtype": r.config.get("dtype"),
             "role": r.derived.get("role"),
-            "params": r.exact.get("params"),
-            FWD_MACS: _m(r.exact.get("fwd_MACs")),
+            "params": r.counted.get("params"),
+            FWD_MACS: _m(r.counted.get("fwd_MACs")),
             "work ratio": r.checks.get("work_ratio"),
             FWD_MS: latency_text(r.latency.get("fwd"), runs=False),
             FWD_RUNS: runs_text(r.latency.get("fwd")),
         }
         if backward:
-            row[BWD_MACS] = _m(r.exact.get("bwd_MACs"))
+            row[BWD_MACS] = _m(r.counted.get("bwd_MACs"))
             row[BWD_MS] = latency_text(r.latency.get("fwd_bwd"), runs=False)
             row[BWD_RUNS] = runs_text(r.latency.get("fwd_bwd"))
         if replicated:
@@ -72,7 +72,7 @@ def summary_rows(records: list[Record]) -> list[dict[str, Any]]:
             row["timing"] = ("unreliable: " + r.derived["timing_unreliable"]
                              if r.derived.get("timing_unreliable") else "ok")
         if instructions:
-            row["fwd instructions/call (M)"] = _m(r.exact.get("fwd_instructions"))
+            row["fwd instructions/call (M)"] = _m(r.counted.get("fwd_instructions"))
         row[FWD_MIB] = mib(r.memory["fwd"].peak_bytes) if "fwd" in r.memory else None
         if backward:
             m = r.memory.get("fwd_bwd")
@@ -114,18 +114,18 @@ def check_rows(records: list[Record]) -> list[dict[str, Any]]:
     for r in records:
         row = {
             LAYER: r.name,
-            "counted fwd MACs": r.exact.get("fwd_MACs"),
-            "exact MACs": r.exact.get("exact_MACs"),
+            "counted fwd MACs": r.counted.get("fwd_MACs"),
+            "exact MACs": r.model.get("exact_MACs"),
             "work ratio": r.checks.get("work_ratio"),
-            "published MACs": r.exact.get("paper_O_MACs"),
+            "published MACs": r.model.get("paper_O_MACs"),
             "counted / published": r.checks.get("counted_over_paper_O"),
             "expected band": r.checks.get("paper_O_band"),
-            "exps counted/exact": f"{fmt(r.exact.get('fwd_exps'))}/{fmt(r.exact.get('exact_exps'))}",
+            "exps counted/exact": f"{fmt(r.counted.get('fwd_exps'))}/{fmt(r.model.get('exact_exps'))}",
             "output error (tolerance)": _error_text(r),
             "verdict": r.checks.get("verdict", r.error),
         }
-        if "bwd_MACs" in r.exact:
-            row["counted bwd MACs"] = r.exact["bwd_MACs"]
+        if "bwd_MACs" in r.counted:
+            row["counted bwd MACs"] = r.counted["bwd_MACs"]
         rows.append(row)
     return rows
 
@@ -152,12 +152,12 @@ def stock_rows(records: list[Record]) -> list[dict[str, Any]]:
         rows.append({
             "layer": r.name,
             "op family": "total (missed share of lrprof's count)",
-            "lrprof MACs": r.exact.get("fwd_MACs"),
-            "fvcore MACs": _with_missed(r.exact.get("fvcore_stock_MACs"), r.checks.get("fvcore_missed_pct"),
+            "lrprof MACs": r.counted.get("fwd_MACs"),
+            "fvcore MACs": _with_missed(r.counted.get("fvcore_stock_MACs"), r.checks.get("fvcore_missed_pct"),
                                         stock.get("fvcore_error")),
             "FlopCounterMode MACs (FLOPs/2)": _with_missed(
-                r.exact.get("torch_flopcounter_MACs"), r.checks.get("flopcounter_missed_pct"),
-                stock.get("flopcounter_error"), r.exact.get("torch_flopcounter_FLOPs")),
+                r.counted.get("torch_flopcounter_MACs"), r.checks.get("flopcounter_missed_pct"),
+                stock.get("flopcounter_error"), r.counted.get("torch_flopcounter_FLOPs")),
         })
     return rows
 
@@ -200,7 +200,7 @@ def crossover_rows(records: list[Record]) -> tuple[list[dict[str, Any]], str]:
         return [], ""
 
     def macs(r: Record) -> float | None:
-        return r.exact.get("fwd_MACs")
+        return r.counted.get("fwd_MACs")
 
     by_macs = {(c.channels, c.global_label, c.local_label): c for c in crossings(records, value=macs)}
     rows, summary = [], []
@@ -289,7 +289,7 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
                 shorten=("op family",)),
     ]
     for r in records:
-        total = r.exact.get("exact_MACs") or 0
+        total = r.model.get("exact_MACs") or 0
         terms = [{**t, "share (%)": 100 * t["MACs"] / total if total else None}
                  for t in r.detail.get("terms", [])]
         note = "; ".join(r.detail.get("cost_notes", []) + [f"published: {r.detail.get('paper_formula')}"])

@@ -51,8 +51,8 @@ def summary_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
         row = {
             "net": r.name,
             "dtype": r.config.get("dtype"),
-            "params (M)": r.exact.get("params", 0) / 1e6,
-            "fwd MACs (G)": (r.exact.get("fwd_MACs") or 0) / 1e9,
+            "params (M)": r.counted.get("params", 0) / 1e6,
+            "fwd MACs (G)": (r.counted.get("fwd_MACs") or 0) / 1e9,
             "counted = exact": r.checks.get("exact_match"),
             NET_MS: latency_text(r.latency.get("fwd"), runs=False),
             "fwd runs": runs_text(r.latency.get("fwd")),
@@ -64,12 +64,12 @@ def summary_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
             row["fwd+bwd images/s"] = r.derived.get("fwd_bwd_images_per_s")
         for phase, m in r.memory.items():
             row[f"{phase.replace('_', '+')} peak (MiB)"] = mib(m.peak_bytes)
-        if "bwd_MACs" in r.exact:
-            row["bwd MACs (G)"] = (r.exact.get("bwd_MACs") or 0) / 1e9
-        if r.exact.get("fvcore_stock_MACs") is not None:
-            row["fvcore (G MACs)"] = r.exact["fvcore_stock_MACs"] / 1e9
-        if r.exact.get("torch_flopcounter_MACs") is not None:
-            row["FlopCounterMode (G MACs)"] = r.exact["torch_flopcounter_MACs"] / 1e9
+        if "bwd_MACs" in r.counted:
+            row["bwd MACs (G)"] = (r.counted.get("bwd_MACs") or 0) / 1e9
+        if r.counted.get("fvcore_stock_MACs") is not None:
+            row["fvcore (G MACs)"] = r.counted["fvcore_stock_MACs"] / 1e9
+        if r.counted.get("torch_flopcounter_MACs") is not None:
+            row["FlopCounterMode (G MACs)"] = r.counted["torch_flopcounter_MACs"] / 1e9
         row["verdict"] = r.error or r.checks.get("verdict")
         rows.append(row)
     return rows
@@ -84,8 +84,8 @@ def stage_rows(profiles: list[NetProfile]) -> list[dict[str, Any]]:
             rows.append({
                 "net": p.net.name,
                 "stage": s.config["stage"],
-                "params (M)": s.exact["params"] / 1e6,
-                "MACs (M)": (s.exact.get("fwd_MACs") or 0) / 1e6,
+                "params (M)": s.counted["params"] / 1e6,
+                "MACs (M)": (s.counted.get("fwd_MACs") or 0) / 1e6,
                 "counted = exact": s.checks.get("exact_match"),
                 "MACs share (%)": mac_share,
                 "hooked ms": s.latency["fwd"].median_ms,
@@ -104,11 +104,11 @@ def versus_rows(a: NetProfile, b: NetProfile) -> list[dict[str, Any]]:
         other = b_stages.get(s.config["stage"])
         if other is None:
             continue
-        am, bm = s.exact.get("fwd_MACs"), other.exact.get("fwd_MACs")
+        am, bm = s.counted.get("fwd_MACs"), other.counted.get("fwd_MACs")
         at, bt = s.latency["fwd"].median_ms, other.latency["fwd"].median_ms
         rows.append({"stage": s.config["stage"], macs: am / bm if am and bm else None,
                      time: at / bt if bt else None})
-    am, bm = a.net.exact.get("fwd_MACs"), b.net.exact.get("fwd_MACs")
+    am, bm = a.net.counted.get("fwd_MACs"), b.net.counted.get("fwd_MACs")
     al, bl = a.net.latency.get("fwd"), b.net.latency.get("fwd")
     rows.append({"stage": "whole net (unhooked)", macs: am / bm if am and bm else None,
                  time: al.median_ms / bl.median_ms if al and bl else None})
@@ -120,8 +120,8 @@ def layer_rows(profile: NetProfile, limit: int | None = None) -> list[dict[str, 
     rows = [{
         "layer": r.config["layer"],
         "type": r.derived.get("layer_type"),
-        "params": r.exact["params"],
-        "MACs": r.exact.get("fwd_MACs"),
+        "params": r.counted["params"],
+        "MACs": r.counted.get("fwd_MACs"),
         "counted = exact": r.checks.get("exact_match"),
         "MACs share (%)": r.derived.get("MACs_share_pct"),
         "hooked ms": r.latency["fwd"].median_ms,
@@ -196,7 +196,7 @@ def _paper_section(profiles: list[NetProfile]) -> Section | None:
         reconstructed = get_net(p.spec.name).reconstructed
         if reconstructed and p.spec.is_default_net:
             macs = sum(c.macs for c in exact_by_layer(p.spec.name, {}, PAPER_INPUT))
-            for row in paper_checks(p.net.exact["params"], macs, [reconstructed]):
+            for row in paper_checks(p.net.counted["params"], macs, [reconstructed]):
                 rows.append({"net": p.net.name, **row})
     if not rows:
         return None

@@ -34,10 +34,10 @@ ACHIEVED_GBS_NAMES = ("fwd_achieved_GB_per_s", "fwd_GB_per_s", "achieved_GB_per_
 CEILING_GBS_NAMES = ("bandwidth_ceiling_GB_per_s", "ceiling_GB_per_s", "measured_bandwidth_GB_per_s")
 
 
-def figure(record: Record, names: Sequence[str]) -> float | None:
-    """The first of `names` the record holds (exact, derived or checks), as a float."""
+def record_value(record: Record, names: Sequence[str]) -> float | None:
+    """The first of `names` the record holds (counted, model, derived or checks), as a float."""
     for name in names:
-        for table in (record.exact, record.derived, record.checks):
+        for table in (record.counted, record.model, record.derived, record.checks):
             value = table.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 return float(value)
@@ -45,7 +45,7 @@ def figure(record: Record, names: Sequence[str]) -> float | None:
 
 
 def minimal_bytes(record: Record) -> float | None:
-    return figure(record, MIN_BYTES_NAMES)
+    return record_value(record, MIN_BYTES_NAMES)
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def _latency_fit(rows: list[Record], x_of: Callable[[Record], float | None], x_n
 
 def fit_group(op: str, impl: str, rows: list[Record], seed: int = 0) -> GroupFit:
     group = GroupFit(op, impl, len(rows))
-    counted = [(r.exact.get("fwd_MACs"), r.exact.get("paper_O_MACs")) for r in rows]
+    counted = [(r.counted.get("fwd_MACs"), r.model.get("paper_O_MACs")) for r in rows]
     pairs = [(c, p) for c, p in counted if c and p]
     if pairs:
         ratios = sorted(c / p for c, p in pairs)
@@ -205,7 +205,7 @@ def fit_group(op: str, impl: str, rows: list[Record], seed: int = 0) -> GroupFit
             group.notes.append("MACs vs the published model: fewer than 3 rows or one published value")
     else:
         group.notes.append("no row has both a count and a published model")
-    group.latency_vs_macs, points = _latency_fit(rows, lambda r: r.exact.get("fwd_MACs"), "MACs",
+    group.latency_vs_macs, points = _latency_fit(rows, lambda r: r.counted.get("fwd_MACs"), "MACs",
                                                  seed)
     if group.latency_vs_macs is None:
         group.notes.append("latency vs MACs: fewer than 3 timed rows with a count, or one MAC value")

@@ -159,8 +159,9 @@ def failed_record(spec: LayerSpec, error: str) -> Record:
     record = Record(kind="layer", name=spec_label(spec), config=spec.config(), error=error)
     try:
         cost = get_op(spec.op).cost(spec)
-        record.exact.update({"params": cost.params, "exact_MACs": cost.macs,
-                             "exact_exps": cost.softmax_exps, "paper_O_MACs": cost.paper_macs})
+        record.counted["params"] = cost.params
+        record.model.update({"exact_MACs": cost.macs, "exact_exps": cost.softmax_exps,
+                             "paper_O_MACs": cost.paper_macs})
     except Exception:  # the cost model is a courtesy here; the error is what matters
         pass
     record.derived["role"] = "measured"

@@ -203,7 +203,7 @@ def _cost_results(audit: Audit, options: MeasureOptions) -> list[Result]:
     spec = audit.spec
     cost = get_op(spec.op).cost(spec)
     results = []
-    counted, exps = user.exact.get("fwd_MACs"), user.exact.get("fwd_exps")
+    counted, exps = user.counted.get("fwd_MACs"), user.counted.get("fwd_exps")
     band = f"1-{options.max_work_ratio:g}x"
     if counted is None:
         results.append(Result("cost (work ratio)", False, f"not counted: {user.error}",
@@ -221,7 +221,7 @@ def _cost_results(audit: Audit, options: MeasureOptions) -> list[Result]:
         if exp_ratio < 1 or exp_ratio > options.max_work_ratio:
             problems.append(f"{exps:,} exponentials where the operator has {cost.softmax_exps:,}")
         text = (f"{counted:,} MACs = {_ratio_text(ratio)} the exact {cost.macs:,}; exps {exps:,} "
-                f"= {_ratio_text(exp_ratio)}; params {user.exact.get('params'):,} (model {cost.params:,})")
+                f"= {_ratio_text(exp_ratio)}; params {user.counted.get('params'):,} (model {cost.params:,})")
         if problems:
             text += ": " + "; ".join(problems)
         results.append(Result("cost (work ratio)", not problems, text,

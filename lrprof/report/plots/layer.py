@@ -12,7 +12,7 @@ from lrprof.record.records import Record
 from lrprof.report.plots.common import Plot, log_axis, new_figure, palette, save_png
 
 NAME_LIMIT = 42
-PHASES = (("fwd", "forward"), ("fwd_bwd", "forward+backward"))
+PHASE_LABELS = (("fwd", "forward"), ("fwd_bwd", "forward+backward"))
 
 
 def short_names(names: Sequence[str]) -> list[str]:
@@ -71,7 +71,7 @@ def plot_layer_rows(records: Sequence[Record], path: Path, facts: str) -> Plot |
     rows = [r for r in records if "fwd" in r.latency]
     if len(rows) < 2:
         return None
-    phases = [(key, label) for key, label in PHASES if any(key in r.latency for r in rows)]
+    phases = [(key, label) for key, label in PHASE_LABELS if any(key in r.latency for r in rows)]
     fig = new_figure(11.5, 1.4 + 0.45 * len(rows) * len(phases))
     left, right = fig.subplots(1, 2, sharey=True, width_ratios=(3, 2))
     step = 0.6 / len(phases)
@@ -98,7 +98,7 @@ def plot_layer_rows(records: Sequence[Record], path: Path, facts: str) -> Plot |
     left.set_xlabel("latency per call (ms)")
     left.grid(True, axis="x", which="both", alpha=0.3)
     left.legend(fontsize=8, loc="best")
-    macs = [(r.exact.get("fwd_MACs") or 0) / 1e6 for r in rows]
+    macs = [(r.counted.get("fwd_MACs") or 0) / 1e6 for r in rows]
     right.barh(positions, macs, height=0.5, color="0.55")
     _log_if_wide(right, macs, subs=(1.0,))
     scale = ", log" if right.get_xscale() == "log" else ""

@@ -16,7 +16,7 @@ from typing import Any
 
 from lrprof.record.records import Record
 from lrprof.report.plots.common import Plot, fwd_ms, log_axis, new_figure, palette, save_png, title_facts
-from lrprof.sweep.fits import ACHIEVED_GBS_NAMES, CEILING_GBS_NAMES, GroupFit, figure, group_records
+from lrprof.sweep.fits import ACHIEVED_GBS_NAMES, CEILING_GBS_NAMES, GroupFit, group_records, record_value
 
 GLOBAL_OPS = ("nonlocal",)  # operators whose cost grows with (H x W)^2: the crossover's one side
 SHAPE_FIELDS = ("channels", "height", "width")
@@ -116,7 +116,7 @@ def plot_vs_param(records: Sequence[Record], param: str, path: Path, facts: str,
             series = sorted(series, key=lambda r: r.config[param])
             xs = [r.config[param] for r in series]
             ms = [fwd_ms(r) for r in series]
-            macs = [r.exact.get("fwd_MACs") for r in series]
+            macs = [r.counted.get("fwd_MACs") for r in series]
             for row, ys in ((0, ms), (1, macs)):
                 pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y]
                 if pts:
@@ -154,7 +154,7 @@ def plot_vs_param(records: Sequence[Record], param: str, path: Path, facts: str,
 def plot_latency_vs_macs(records: Sequence[Record], fits: Sequence[GroupFit], path: Path,
                          facts: str) -> Plot | None:
     """Every timed row on log-log axes, one colour per op/impl, with its fitted power law."""
-    groups = group_records([r for r in records if fwd_ms(r) and r.exact.get("fwd_MACs")])
+    groups = group_records([r for r in records if fwd_ms(r) and r.counted.get("fwd_MACs")])
     if not groups:
         return None
     by_label = {f"{f.op}[{f.impl}]": f for f in fits}
@@ -162,7 +162,7 @@ def plot_latency_vs_macs(records: Sequence[Record], fits: Sequence[GroupFit], pa
     ax = fig.subplots()
     for color, ((op, impl), rows) in zip(palette(len(groups)), groups.items(), strict=True):
         label = f"{op}[{impl}]"
-        xs = [r.exact["fwd_MACs"] for r in rows]
+        xs = [r.counted["fwd_MACs"] for r in rows]
         ys = [fwd_ms(r) for r in rows]
         fit = by_label.get(label)
         line = fit.latency_vs_macs if fit else None
@@ -332,16 +332,17 @@ def plot_bandwidth(records: Sequence[Record], path: Path, facts: str,
                    ceiling_gbs: float | None = None) -> Plot | None:
     """Achieved GB/s of each row against the measured bandwidth ceiling; drawn only when
     the rows carry roofline columns."""
-    rows = [r for r in records if figure(r, ACHIEVED_GBS_NAMES) and r.exact.get("fwd_MACs")]
+    rows = [r for r in records if record_value(r, ACHIEVED_GBS_NAMES) and r.counted.get("fwd_MACs")]
     if not rows:
         return None
-    ceilings = [c for c in (figure(r, CEILING_GBS_NAMES) for r in rows) if c]
+    ceilings = [c for c in (record_value(r, CEILING_GBS_NAMES) for r in rows) if c]
     ceiling = ceiling_gbs or (max(ceilings) if ceilings else None)
     groups = group_records(rows)
     fig = new_figure(7.5, 5.0)
     ax = fig.subplots()
     for color, ((op, impl), group) in zip(palette(len(groups)), groups.items(), strict=True):
-        ax.scatter([r.exact["fwd_MACs"] for r in group], [figure(r, ACHIEVED_GBS_NAMES) for r in group],
+        ax.scatter([r.counted["fwd_MACs"] for r in group],
+                   [record_value(r, ACHIEVED_GBS_NAMES) for r in group],
                    s=14, color=color, label=f"{op}[{impl}]")
     if ceiling:
         ax.axhline(ceiling, color="black", linestyle="--", linewidth=1,
