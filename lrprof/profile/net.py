@@ -18,7 +18,7 @@ from torch import nn
 
 from lrprof.build.nets import RUNTIME_OPTIONS, STAGES, create_net, display_name, get_net, resolve_options
 from lrprof.build.nets.cost import LayerCost, exact_by_layer
-from lrprof.build.nets.paper import PAPER_INPUT, paper_checks
+from lrprof.build.nets.paper import PAPER_INPUT, choice_rows, paper_checks
 from lrprof.measure import counting
 from lrprof.measure.device import Environment, collect
 from lrprof.measure.parts import METHOD as HOOK_METHOD
@@ -204,6 +204,12 @@ def _prepare(spec: NetSpec, device: torch.device, options: MeasureOptions) -> Ne
                               "paper_MACs_diff_pct": rows[0]["MACs diff (%)"],
                               "paper_verdict": rows[0]["verdict"],
                               "paper_failed": any(r["verdict"] == "fail" for r in rows)})
+    reconstructed = netdef.reconstructed
+    if reconstructed and spec.is_default_net:  # the figures a reimplementation printed
+        macs = sum(c.macs for c in exact_by_layer(spec.name, {}, PAPER_INPUT))
+        record.detail["reconstructed_check"] = paper_checks(record.counted["params"], macs, [reconstructed])
+    if spec.is_default_net:  # which of the choices the paper leaves open reproduces its table
+        record.detail["paper_choices"] = choice_rows(spec.name)
     torch.manual_seed(options.seed)
 
     def build() -> None:

@@ -6,13 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lrprof.build.nets import get_net
-from lrprof.build.nets.cost import exact_by_layer
 from lrprof.build.nets.paper import (
     MACS_TOLERANCE_PCT,
-    PAPER_INPUT,
     PARAMS_TOLERANCE_PCT,
-    choice_rows,
-    paper_checks,
 )
 from lrprof.measure import device as device_facts
 from lrprof.measure import noise
@@ -158,7 +154,7 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
     if paper:
         sections.append(paper)
     for p in profiles:
-        choices = choice_rows(p.spec.name) if p.spec.is_default_net else []
+        choices = p.net.detail.get("paper_choices", [])
         if choices:
             sections.append(Section(f"Choices the paper leaves open: {p.net.name}", choices,
                                     "each counted from formulas at 224x224, batch 1", show="markdown"))
@@ -191,13 +187,8 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
 def _paper_section(profiles: list[NetProfile]) -> Section | None:
     rows = []
     for p in profiles:
-        for row in p.net.detail.get("paper_check", []):
+        for row in p.net.detail.get("paper_check", []) + p.net.detail.get("reconstructed_check", []):
             rows.append({"net": p.net.name, **row})
-        reconstructed = get_net(p.spec.name).reconstructed
-        if reconstructed and p.spec.is_default_net:
-            macs = sum(c.macs for c in exact_by_layer(p.spec.name, {}, PAPER_INPUT))
-            for row in paper_checks(p.net.counted["params"], macs, [reconstructed]):
-                rows.append({"net": p.net.name, **row})
     if not rows:
         return None
     note = (f"verdict: params within {PARAMS_TOLERANCE_PCT:g}%, MACs within {MACS_TOLERANCE_PCT:g}% "
