@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from lrprof.spec.errors import require_int
+from lrprof.spec.errors import SpecError, require_int
 
 app = typer.Typer(
     add_completion=False,
@@ -111,6 +111,15 @@ def write_sweep_report(merged, out: Path | None, quiet: bool, plots: bool,
                    f"{merged.missing[0]}", err=True)
         code = EXIT_FAILED
     return code
+
+
+def cuda_only(flags: dict, device) -> None:
+    """--cold and --cuda-graphs time what only a GPU has: an L2 to flush, graphs to replay."""
+    for name, what in (("cold", "flushes the GPU's L2 cache before each timed call"),
+                       ("cuda_graphs", "times CUDA graph replays")):
+        if flags.get(name) and device.type != "cuda":
+            raise SpecError(name.replace("_", "-"), f"CUDA only ({what}); use it with --device cuda",
+                            str(device))
 
 
 def noise_warnings(records) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from lrprof.cli.app import EXIT_FAILED, argv, emit, failures, out_dir, set_threads
+from lrprof.cli.app import EXIT_FAILED, argv, cuda_only, emit, failures, out_dir, set_threads
 from lrprof.spec.errors import SpecError
 
 MODULE_ONLY = ("init", "input", "compile")  # options that mean nothing without --module
@@ -74,14 +74,17 @@ def module_layer(common: dict[str, Any], flags: dict[str, Any], op_params: dict[
         raise SpecError("baseline", "conv3x3 or none", common["baseline"])
     if not _given(common["input"]):
         raise SpecError("input", "with --module, the shape of each input tensor, such as 1x64x56x56", None)
-    timing = TimingOptions(min_runs=common["min_runs"], min_time_s=common["min_time"])
+    timing = TimingOptions(min_runs=common["min_runs"], min_time_s=common["min_time"],
+                           cold=flags["cold"], cuda_graphs=flags["cuda_graphs"])
     set_threads(common["threads"])
     device = resolve_device(common["device"])
+    cuda_only(flags, device)
     spec = ModuleSpec.create(common["module"], common["init"], common["input"], common["dtype"],
                              str(device), common["compile"])
     out = out_dir(common["out"])
     options = MeasureOptions(backward=flags["backward"], timing=timing, stock_counters=flags["stock"],
-                            baseline=common["baseline"] != "none")
+                             baseline=common["baseline"] != "none", op_times=flags["op_times"],
+                             energy=flags["energy"], trace=str(common["trace"]) if common["trace"] else None)
     with user_code():
         profile = profile_module(spec, options)
     emit(module_report(profile, argv()), out, flags["quiet"], plots=flags["plots"])

@@ -8,7 +8,17 @@ from typing import Any
 import typer
 
 import lrprof.cli.helptext as helptext
-from lrprof.cli.app import app, argv, failures, noise_warnings, on_interrupt, out_dir, set_threads, show
+from lrprof.cli.app import (
+    app,
+    argv,
+    cuda_only,
+    failures,
+    noise_warnings,
+    on_interrupt,
+    out_dir,
+    set_threads,
+    show,
+)
 from lrprof.cli.options import schema_options, shared
 from lrprof.spec.errors import SpecError
 
@@ -18,7 +28,7 @@ HELP = "Measure layer configurations beside a 3x3 conv baseline, and check them 
 
 # the options every operator shares (cli/options.py defines each once)
 COMMON = shared("op", "impl", "channels", "size", "batch", "device", "dtype", "baseline", "threads",
-                "min_runs", "min_time", "repeat", "out", "module", "init", "input", "compile",
+                "min_runs", "min_time", "repeat", "out", "trace", "module", "init", "input", "compile",
                 out="write DIR/layer.{md,csv,json}")
 FLAGS: list[tuple[str, str, bool, str]] = [
     ("backward", "--backward", False, "also count and time forward+backward"),
@@ -29,8 +39,14 @@ FLAGS: list[tuple[str, str, bool, str]] = [
     ("check_output", "--check-output/--no-check-output", True,
      "check each output against the operator's float64 reference"),
     ("plots", "--plots/--no-plots", True, "draw PNG plots beside the markdown (several rows)"),
+    ("op_times", "--op-times/--no-op-times", True,
+     "per-op self time beside per-op MACs, in profiled runs after the timed ones (torch.profiler)"),
+    ("energy", "--energy/--no-energy", True, "joules per pass from the device's energy counter (NVML, RAPL)"),
     ("roofline", "--roofline/--no-roofline", True,
      "measure the device's copy and matmul ceilings (once per run) and place each row"),
+    ("cold", "--cold", False, "CUDA: flush the L2 cache before each timed call (cold-cache latency)"),
+    ("cuda_graphs", "--cuda-graphs", False, "CUDA: time each call as a CUDA graph replay (launch overhead "
+                                            "apart)"),
     ("quiet", "--quiet", False, "print only the paths written"),
 ]
 
@@ -56,9 +72,11 @@ def layer(**options: Any) -> None:
         return
     if common["baseline"] not in ("conv3x3", "none"):
         raise SpecError("baseline", "conv3x3 or none", common["baseline"])
-    timing = TimingOptions(min_runs=common["min_runs"], min_time_s=common["min_time"])
+    timing = TimingOptions(min_runs=common["min_runs"], min_time_s=common["min_time"],
+                           cold=flags["cold"], cuda_graphs=flags["cuda_graphs"])
     set_threads(common["threads"])
     device = resolve_device(common["device"])
+    cuda_only(flags, device)
     grid = layer_grid(common["op"], op_params, common["impl"], common["channels"], common["size"],
                       common["batch"], common["dtype"], str(device))
     specs = [prepare_spec(spec) for spec in grid.specs]  # every row valid before anything runs
@@ -71,7 +89,8 @@ def layer(**options: Any) -> None:
     measure = MeasureOptions(backward=flags["backward"], timing=timing, stock_counters=flags["stock"],
                              check_output=flags["check_output"], baseline=common["baseline"] != "none",
                              repeat=common["repeat"], instructions=flags["instructions"],
-                             roofline=flags["roofline"])
+                             roofline=flags["roofline"], op_times=flags["op_times"], energy=flags["energy"],
+                             trace=str(common["trace"]) if common["trace"] else None)
     paths = report_paths("layer", out)
     running = RunningReport(
         "layer", paths, lambda records, env: layer_report(records, argv(), env, grid.unavailable),

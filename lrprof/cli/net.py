@@ -40,6 +40,13 @@ def net(
     plots: Annotated[
         bool, typer.Option("--plots/--no-plots", help="draw PNG plots beside the markdown")
     ] = True,
+    op_times: Annotated[bool, typer.Option(
+        "--op-times/--no-op-times",
+        help="per-op self time of each stage beside its MACs (torch.profiler)")] = True,
+    energy: Annotated[bool, typer.Option(
+        "--energy/--no-energy", help="joules per pass from the device's energy counter (NVML, RAPL)")] = True,
+    trace: Annotated[Path | None, typer.Option(
+        help="write DIR/net-trace.json.gz: the profiled runs as a Chrome/Perfetto trace")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="print only the paths written")] = False,
 ) -> None:
     """Profile a whole network: totals, stages, layers, and the paper's table."""
@@ -67,6 +74,9 @@ def net(
         timing=TimingOptions(warmup=1, warmup_s=0.0, min_runs=min_runs, min_time_s=min_time),
         hooked_runs=hooked_runs,
         stock_counters=stock,
+        op_times=op_times,
+        energy=energy,
+        trace=str(trace) if trace else None,
     )
     set_threads(threads)
     height, width = parse_size(size)

@@ -32,6 +32,8 @@ CATALOGUE: dict[str, tuple[Any, Any, str]] = {
     "repeat": (int, 1, "time all rows in N fresh processes (interleaved in each) and pool their runs; "
                "the report gives the spread between processes beside the spread within one"),
     "out": (Path | None, None, "write the reports into DIR"),
+    "trace": (Path | None, None, "write DIR/<command>-trace.json.gz: the profiled runs as a Chrome/Perfetto "
+                                 "trace, a range per row and phase (on CUDA also NVTX ranges for nsys)"),
     # a user's own nn.Module instead of an operator (lrprof/cli/byo.py)
     "module": (str | None, None, "profile your own nn.Module: path/to/file.py:Class or "
                                  "package.module:Class (instead of --op)"),

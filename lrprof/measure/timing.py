@@ -183,6 +183,27 @@ def _cpu_block(candidate: _Candidate) -> None:
     candidate.switches += after.ru_nivcsw - before.ru_nivcsw
 
 
+L2_FLUSH_BYTES = 256 * 2**20  # larger than any L2 (H100/H200: 50-60 MiB)
+
+
+def _l2_flush(device: torch.device) -> torch.Tensor:
+    return torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+
+
+def _captured(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """`fn` captured in a CUDA graph (warmed up on a side stream first, as capture needs);
+    the replay is what gets timed."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def time_interleaved(
     candidates: Sequence[tuple[Hashable, Callable[[], object]]],
     device: torch.device,
@@ -203,7 +224,14 @@ def time_interleaved(
             results[key] = exc
             continue
         calls = 1 if cuda else max(1, int(target_block_s / max(per_call, 1e-9)))
+        if cuda and options.cuda_graphs:
+            try:
+                fn = _captured(fn, device)
+            except Exception as exc:  # not capturable (a host sync, a dynamic shape): its row says so
+                results[key] = exc
+                continue
         active.append(_Candidate(key, fn, calls))
+    flush = _l2_flush(device) if cuda and options.cold else None
     finished: list[_Candidate] = []
     rounds = 0
     while active:
@@ -215,6 +243,8 @@ def time_interleaved(
                 if cuda:
                     start = torch.cuda.Event(enable_timing=True)
                     end = torch.cuda.Event(enable_timing=True)
+                    if flush is not None:
+                        flush.zero_()  # the call finds nothing of its own in L2
                     start.record()
                     candidate.fn()
                     end.record()
@@ -234,6 +264,10 @@ def time_interleaved(
             active.remove(candidate)
             finished.append(candidate)
     method = CUDA_METHOD if cuda else CPU_METHOD
+    if cuda and options.cold:
+        method += f"; L2 flushed before each call ({L2_FLUSH_BYTES // 2**20} MiB written)"
+    if cuda and options.cuda_graphs:
+        method += "; each call a CUDA graph replay (captured after warm-up)"
     for candidate in finished:
         results[candidate.key] = candidate.stats(method, threads, cuda)
     return results

@@ -28,6 +28,7 @@ from lrprof.profile.instructions import count_rows
 from lrprof.profile.progress import NoProgress
 from lrprof.profile.replicate import build_row, time_in_processes
 from lrprof.profile.steps import Phase, add_stock_counts, measure_memory, phase_calls, run_step, time_rows
+from lrprof.profile.where import add_energy, add_op_times, trace_path
 from lrprof.record.records import Record
 from lrprof.spec.errors import SpecError
 from lrprof.spec.layer import LayerSpec, resolve_device
@@ -112,6 +113,8 @@ def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None
         row = rows.get(_key(spec))
         if row is None:
             record = Record(kind="layer", name=spec_label(spec), config=spec.config())
+            if options.timing.identity():  # --cold, --cuda-graphs: another measurement
+                record.config["timing"] = options.timing.identity()
             row = rows[_key(spec)] = _Row(spec, record, [], resolve_device(spec.device))
         if role not in row.roles:
             row.roles.append(role)
@@ -153,6 +156,15 @@ def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None
         if row.phases:
             measure_memory(row.record, row.phases, row.device, options.memory_runs)
         progress.advance(True, work=plan["memory"])
+    measured = [r for r in rows.values() if r.phases]
+    for device in {row.device for row in measured}:
+        group = [(r.record, r.phases) for r in measured if r.device == device]
+        if options.op_times or options.trace:
+            progress.start("where the time goes: per-op times (torch.profiler)")
+            add_op_times(group, device, trace_path(options, "layer"))
+            progress.advance(True, work=plan["where"])
+        if options.energy:
+            add_energy(group, device)
     for row in rows.values():
         _derive(row)
         if options.roofline:
@@ -178,9 +190,11 @@ def _plan(rows: int, options: MeasureOptions) -> tuple[int, dict[str, float]]:
         * options.repeat,
         "memory": 0.4 * phases * options.memory_runs,
         "instructions": 60.0 * rows,
+        "where": 0.3 * rows * phases,
     }
-    steps = 2 * rows + 1 + (1 if options.instructions else 0)
-    total = rows * (work["prepare"] + work["memory"]) + work["timing"] + (
+    where = options.op_times or options.trace
+    steps = 2 * rows + 1 + (1 if options.instructions else 0) + (1 if where else 0)
+    total = rows * (work["prepare"] + work["memory"]) + work["timing"] + work["where"] + (
         work["instructions"] if options.instructions else 0.0)
     return steps, {**work, "total": total}
 

@@ -41,6 +41,7 @@ from lrprof.measure.parts import Parts, time_parts_interleaved
 from lrprof.measure.timing import Stats
 from lrprof.profile.checks import settle
 from lrprof.profile.steps import Phase, add_stock_counts, measure_memory, phase_calls, run_step, time_rows
+from lrprof.profile.where import add_energy, add_op_times, trace_path
 from lrprof.record.records import Record
 from lrprof.spec.layer import DTYPES, LayerSpec, resolve_device
 from lrprof.spec.options import MeasureOptions
@@ -209,6 +210,10 @@ def profile_instance(module: nn.Module, inputs: Sequence[Any], options: MeasureO
     time_rows(timed, device, options.timing)
     for r, phases in timed:
         measure_memory(r, phases, device, options.memory_runs)
+    if options.op_times or options.trace:
+        add_op_times(timed, device, trace_path(options, "layer"))
+    if options.energy:
+        add_energy(timed, device)
     derive(record, profile.baseline)
     if profile.baseline is not None:
         derive(profile.baseline, None)

@@ -27,6 +27,7 @@ from lrprof.measure.timing import Stats
 from lrprof.profile.checks import count_checks, settle
 from lrprof.profile.progress import NoProgress
 from lrprof.profile.steps import Phase, add_stock_counts, measure_memory, phase_calls, run_step, time_rows
+from lrprof.profile.where import add_energy, add_op_times, trace_path
 from lrprof.record.records import Record
 from lrprof.spec.errors import require_int
 from lrprof.spec.layer import DTYPES, default_device, resolve_device, resolve_dtype
@@ -169,6 +170,11 @@ def _breakdowns(ready: list[NetProfile], device: torch.device, options: MeasureO
     progress.start("stage breakdown (hooked runs, interleaved)")
     _run_for(ready, "stage breakdown", lambda: _stages(ready, device, options), device)
     progress.advance(True, work=work["stages"])
+    if options.op_times or options.trace:
+        progress.start("where each stage's time goes: per-op times (torch.profiler)")
+        _run_for(ready, "per-op times", lambda: _stage_op_times(ready, device, options), device)
+    if options.energy:
+        add_energy([(p.net, p.phases) for p in ready], device)
     if options.per_layer:
         progress.start("layer breakdown (hooked runs, interleaved)")
         _run_for(ready, "layer breakdown", lambda: _layers(ready, device, options), device)
@@ -310,6 +316,40 @@ def partial_nets(why: str | None, profiles: list, planned: list[str]) -> dict:
     measured = [p.net.name for p in profiles if p.net.latency or p.net.error]
     return {"interrupted_by": why, "rows_total": len(planned), "rows_kept": len(measured),
             "not_measured": [name for name in planned if name not in measured]}
+
+
+
+def _stage_op_times(profiles: list[NetProfile], device: torch.device, options: MeasureOptions) -> None:
+    """Each stage run alone on the input it saw in a forward pass of the net, counted and
+    profiled op by op: `detail.op_times` of the stage records (the stem's says which ops
+    hold its time)."""
+    rows = []
+    for profile in profiles:
+        modules = dict(profile.model.named_children())
+        seen: dict[str, tuple] = {}
+        hooks = [modules[name].register_forward_pre_hook(
+            lambda _m, args, name=name, seen=seen: seen.setdefault(name, args))
+            for name in STAGES if name in modules]
+        try:
+            with torch.no_grad():
+                profile.model(profile.x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for record in profile.stages:
+            stage = record.config["stage"]
+            if stage not in seen:
+                continue
+            module, args = modules[stage], seen[stage]
+            counted = counting.count(module, *args)
+            record.detail["ops"] = [dataclasses.asdict(o) for o in counted.by_op]
+
+            def forward(module: nn.Module = module, args: tuple = args) -> None:
+                with torch.no_grad():
+                    module(*args)
+
+            rows.append((record, {"fwd": Phase(forward, 0)}))
+    add_op_times(rows, device, trace_path(options, "net"))
 
 
 __all__ = ["NetProfile", "NetSpec", "net_costs", "partial_nets", "profile_net", "profile_nets"]

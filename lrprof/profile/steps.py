@@ -113,7 +113,8 @@ def time_rows(rows: Sequence[tuple[Record, dict[str, Phase]]], device: torch.dev
               timing: TimingOptions) -> dict[str, Any]:
     """Every phase of every row in one interleaved schedule; a failure stays in its row.
     The machine's noise is read before and after (returned, and flagged in the rows)."""
-    results, session = time_phases([phases for _, phases in rows], device, timing)
+    results, session = time_phases([phases for _, phases in rows], device, timing,
+                                   labels=[record.name for record, _ in rows])
     for (index, name), result in results.items():
         record = rows[index][0]
         if isinstance(result, Exception):
@@ -124,11 +125,14 @@ def time_rows(rows: Sequence[tuple[Record, dict[str, Phase]]], device: torch.dev
     return session
 
 
-def time_phases(rows: Sequence[dict[str, Phase]], device: torch.device, timing: TimingOptions
+def time_phases(rows: Sequence[dict[str, Phase]], device: torch.device, timing: TimingOptions,
+                labels: Sequence[str] | None = None
                 ) -> tuple[dict[tuple[int, str], Stats | Exception], dict[str, Any]]:
     """Time every phase of every row interleaved: {(row index, phase): Stats or the
-    exception}, and the noise session around it."""
-    candidates = [((index, name), phase.fn)
+    exception}, and the noise session around it. On CUDA each timed call sits in an NVTX
+    range named `<label> <phase>` (what `nsys profile` shows), when labels are given."""
+    candidates = [((index, name), _in_range(phase.fn, f"{labels[index]} {name}")
+                   if labels and device.type == "cuda" else phase.fn)
                   for index, phases in enumerate(rows) for name, phase in phases.items()]
     before = noise.snapshot(device)
     try:
@@ -138,6 +142,17 @@ def time_phases(rows: Sequence[dict[str, Phase]], device: torch.device, timing: 
             torch.cuda.empty_cache()
     threads = None if device.type == "cuda" else torch.get_num_threads()
     return results, noise.session(before, noise.snapshot(device), threads, device)
+
+
+def _in_range(fn: Callable[[], object], name: str) -> Callable[[], object]:
+    def call() -> object:
+        torch.cuda.nvtx.range_push(name)
+        try:
+            return fn()
+        finally:
+            torch.cuda.nvtx.range_pop()
+
+    return call
 
 
 def measure_memory(record: Record, phases: dict[str, Phase], device: torch.device, runs: int) -> None:

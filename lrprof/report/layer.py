@@ -12,6 +12,7 @@ from lrprof.measure import noise
 from lrprof.record.records import Record, Report, Section
 from lrprof.report import latency_text
 from lrprof.report.numbers import fmt, mib, runs_text
+from lrprof.report.where import where_sections
 
 MEMORY_NOTE = (
     "resident: on CUDA everything the allocator held before the call; on the CPU the module's "
@@ -312,6 +313,7 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
             "what the implementation moves by design, 1x1 convs included; bound: the ceiling that "
             "limits the row at its design bytes and counted FLOPs; " + _ceilings_note(records)))
     sections.append(Section("Memory", memory_rows(records), MEMORY_NOTE, show="markdown"))
+    sections += where_sections(records)
     notes = [
         "MACs count one forward pass (and one backward pass with --backward) at the dispatcher; "
         "exponentials are counted apart, not as MACs.",

@@ -10,6 +10,7 @@ from lrprof.measure import device as device_facts
 from lrprof.measure.parts import METHOD as HOOK_METHOD
 from lrprof.record.records import Record, Report, Section
 from lrprof.report.layer import LAYER_LEGEND, memory_rows, stock_rows, summary_essentials, summary_rows
+from lrprof.report.where import where_sections
 
 if TYPE_CHECKING:
     from lrprof.profile.module import ModuleProfile
@@ -70,6 +71,7 @@ def module_report(profile: ModuleProfile, argv: list[str] | None = None,
         sections.append(Section(f"Ops met at the dispatcher: {main.name}", ops,
                                 f"uncounted: {main.checks.get('uncounted_ops', 'n/a')}", show="markdown"))
     sections.append(Section("Memory", memory_rows(records), show="markdown"))
+    sections += where_sections(records)
     notes = [
         "MACs count one forward pass (and one backward pass with --backward) at the dispatcher, "
         "every op by a rule of lrprof.measure.rules or listed as uncounted (which fails the row); "

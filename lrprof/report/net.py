@@ -16,6 +16,7 @@ from lrprof.measure.parts import METHOD as HOOK_METHOD
 from lrprof.record.records import Report, Section
 from lrprof.report import latency_text
 from lrprof.report.numbers import fmt, mib, runs_text
+from lrprof.report.where import where_sections
 
 if TYPE_CHECKING:
     from lrprof.profile.net import NetProfile
@@ -171,6 +172,9 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
         sections.append(Section(f"Per layer: {p.net.name}, {terminal_layers} slowest",
                                 layer_rows(p, terminal_layers), "all layers in the markdown and CSV",
                                 show="terminal"))
+    sections += where_sections([s for p in profiles for s in p.stages], label="stage")
+    sections += [section for section in where_sections([p.net for p in profiles], label="net")
+                 if section.title == "Energy per pass"]
     records = []
     for p in profiles:
         records += [p.net, *p.stages, *p.layers]

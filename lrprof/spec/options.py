@@ -22,6 +22,8 @@ class TimingOptions:
     warmup_s: float = 0.2
     min_runs: int = 10
     min_time_s: float = 0.5
+    cold: bool = False  # CUDA: flush the L2 cache before each timed call (triton's do_bench does)
+    cuda_graphs: bool = False  # CUDA: time the call captured in a CUDA graph (launch overhead apart)
 
     def __post_init__(self) -> None:
         require_int("min-runs", self.min_runs, 2)
@@ -30,6 +32,11 @@ class TimingOptions:
         if self.warmup < 0 or not math.isfinite(self.warmup_s) or self.warmup_s < 0:
             raise SpecError("warmup", "must be >= 0 calls and a finite number of seconds >= 0",
                             (self.warmup, self.warmup_s))
+
+    def identity(self) -> str | None:
+        """What a row's identity says of its timing when it is not the default."""
+        modes = [name for name, on in (("cold", self.cold), ("cuda-graphs", self.cuda_graphs)) if on]
+        return "+".join(modes) or None
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,9 @@ class MeasureOptions:
     per_layer: bool = False  # nets: break down by layer too
     hooked_runs: int = 5  # nets, modules: forward passes with hooks, for each part's time
     max_work_ratio: float = 1.5  # check: counted / exact MACs (and exps) above this fails
+    op_times: bool = True  # per-op self time beside per-op work, in profiled runs after the timed ones
+    energy: bool = True  # joules per pass from the device's energy counter, or why not
+    trace: str | None = None  # a directory: the profiled runs as a Chrome/Perfetto trace
 
     def __post_init__(self) -> None:
         require_int("memory-runs", self.memory_runs, 1)
