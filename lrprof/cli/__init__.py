@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from lrprof.cli import check, compare, helptext, layer, merge, net, ops, sweep  # noqa: F401  (register the commands)
+from lrprof.cli import check, compare, count, helptext, layer, merge, net, ops, sweep  # noqa: F401  (register the commands)
 from lrprof.cli.app import (
     _ARGUMENTS,
     EXIT_OK,

@@ -21,7 +21,10 @@ dispatched op wrote it, the counter lists that as *opaque*, and the count is inc
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -325,12 +328,33 @@ def count(model: nn.Module, *inputs: Any, per_module: bool = False, backward: bo
     tracker = ModuleTracker() if per_module else None
     tally = _Tally(tracker, names, convention)
     tally.meta = any(t.is_meta for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor))
-    with _tracked(tracker), _CountingMode(tally), torch.no_grad():
-        out = model(*inputs)
-        tally.check_outputs(out)
-    if backward:
-        _count_backward(model, inputs, tally, tracker, input_grad, train_for_backward)
+    with _dynamo_not_imported(model):
+        with _tracked(tracker), _CountingMode(tally), torch.no_grad():
+            out = model(*inputs)
+            tally.check_outputs(out)
+        if backward:
+            _count_backward(model, inputs, tally, tracker, input_grad, train_for_backward)
     return _result(tally, per_module, backward)
+
+
+@contextlib.contextmanager
+def _dynamo_not_imported(model: nn.Module) -> Iterator[None]:
+    """torch wraps a dispatch mode's __torch_dispatch__ so dynamo never traces it, and that
+    wrapper imports torch._dynamo on its first call: seconds of imports that counting an
+    eager model does not need. While dynamo is not loaded and the model is not compiled,
+    the wrapper is told the function is its own disabled form; afterwards it is put back."""
+    raw = getattr(_CountingMode.__torch_dispatch__, "__wrapped__", None)
+    key = "__dynamo_disable"
+    if (raw is None or "torch._dynamo" in sys.modules or hasattr(model, "_orig_mod")
+            or getattr(raw, key, None) is not None):
+        yield
+        return
+    setattr(raw, key, raw)
+    try:
+        yield
+    finally:
+        if getattr(raw, key, None) is raw:
+            delattr(raw, key)
 
 
 class _tracked:
