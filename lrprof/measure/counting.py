@@ -21,10 +21,7 @@ dispatched op wrote it, the counter lists that as *opaque*, and the count is inc
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +31,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.module_tracker import ModuleTracker
 
-from lrprof.measure import conventions
+from lrprof.measure import conventions, flex
+from lrprof.measure.modes import VALUE_OPS, NeedsValues, dynamo_not_imported, flex_eager
 from lrprof.measure.rulebase import Rule, zero
 from lrprof.measure.rules import RULES, ZERO_BACKWARD_NODES, Work
 
@@ -42,21 +40,6 @@ METHOD = "TorchDispatchMode over lrprof's rule table; modules by torch's ModuleT
 FWD, BWD = "fwd", "bwd"
 ALLOCATIONS = frozenset({"aten::empty", "aten::empty_like", "aten::empty_strided",
                          "aten::new_empty", "aten::new_empty_strided"})
-# Ops whose result depends on tensor values (a Python read, a data-dependent shape): meta
-# tensors have none, so a --meta count refuses them by name.
-VALUE_OPS = frozenset({
-    "aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::nonzero_static",
-    "aten::masked_select", "aten::unique_dim", "aten::_unique", "aten::_unique2",
-    "aten::unique_consecutive", "aten::unique_dim_consecutive", "aten::bincount", "aten::equal",
-    "aten::is_nonzero", "aten::histc", "aten::repeat_interleave", "aten::tolist",
-})
-
-
-class NeedsValues(RuntimeError):
-    """A --meta count met an op that needs real values; the message names it (and the
-    module it ran in)."""
-
-
 @dataclass(frozen=True)
 class OpCount:
     """One op in one phase: how often it ran, what it counted and by which rule."""
@@ -148,7 +131,19 @@ class _Tally:
         if phase == FWD and not self.record_forward:
             return
         node = _zero_backward_node() if phase == BWD else None
-        rule = self.rule(self.convention, name, node)
+        self._price(name, phase, lambda convention: self.rule(convention, name, node), args, kwargs, out)
+
+    def record_hop(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """A higher-order op (flex_attention): priced as a whole by lrprof.measure.flex; any
+        other is listed as uncounted."""
+        name = func.name()
+        phase = self.phase()
+        if phase == FWD and not self.record_forward:
+            return
+        self._price(name, phase, lambda convention: flex.rule(name, convention, _measure), args, kwargs, out)
+
+    def _price(self, name: str, phase: str, rule_for: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        rule = rule_for(self.convention)
         self.calls[(name, phase)] += 1
         if rule is None:
             self.uncounted[name if phase == FWD else f"{name} (backward)"] += 1
@@ -164,7 +159,7 @@ class _Tally:
         self.families[(self.convention, phase, rule.family)] += work.macs
         for other in conventions.NAMES:
             if other != self.convention:
-                peer = self.rule(other, name, node)
+                peer = rule_for(other)
                 if peer is not None:
                     self.families[(other, phase, peer.family)] += peer.work(args, kwargs, out).macs
         if name in conventions.MISSED_BY_FLOPCOUNTER:
@@ -229,12 +224,22 @@ class _Tally:
 
 
 class _CountingMode(TorchDispatchMode):
+    supports_higher_order_operators = True  # flex_attention comes here whole
+
     def __init__(self, tally: _Tally) -> None:
         super().__init__()
         self.tally = tally
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if isinstance(func, torch._ops.HigherOrderOperator):
+            if self.tally.meta:
+                raise NeedsValues(f"--meta: {func.name()} needs real tensor values (its block mask "
+                                  "says which blocks are computed); count without --meta")
+            out = func(*args, **kwargs)  # this mode is off here: its parts are not counted twice
+            if not self.tally.paused:
+                self.tally.record_hop(func, args, kwargs, out)
+            return out
         if self.tally.meta:
             return self._meta_call(func, args, kwargs)
         out = func(*args, **kwargs)
@@ -258,6 +263,14 @@ class _CountingMode(TorchDispatchMode):
         if not self.tally.paused:
             self.tally.record(func, args, kwargs, out)
         return out
+
+
+def _measure(fn: Any) -> int:
+    """MACs of one call of `fn` under lrprof's rules (a flex_attention score_mod on scalars)."""
+    tally = _Tally(None, {})
+    with _CountingMode(tally), torch.no_grad():
+        fn()
+    return sum(macs for macs, _ in tally.work.values())
 
 
 def _zero_backward_node() -> str | None:
@@ -328,33 +341,13 @@ def count(model: nn.Module, *inputs: Any, per_module: bool = False, backward: bo
     tracker = ModuleTracker() if per_module else None
     tally = _Tally(tracker, names, convention)
     tally.meta = any(t.is_meta for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor))
-    with _dynamo_not_imported(model):
+    with dynamo_not_imported(model, _CountingMode), flex_eager():
         with _tracked(tracker), _CountingMode(tally), torch.no_grad():
             out = model(*inputs)
             tally.check_outputs(out)
         if backward:
             _count_backward(model, inputs, tally, tracker, input_grad, train_for_backward)
     return _result(tally, per_module, backward)
-
-
-@contextlib.contextmanager
-def _dynamo_not_imported(model: nn.Module) -> Iterator[None]:
-    """torch wraps a dispatch mode's __torch_dispatch__ so dynamo never traces it, and that
-    wrapper imports torch._dynamo on its first call: seconds of imports that counting an
-    eager model does not need. While dynamo is not loaded and the model is not compiled,
-    the wrapper is told the function is its own disabled form; afterwards it is put back."""
-    raw = getattr(_CountingMode.__torch_dispatch__, "__wrapped__", None)
-    key = "__dynamo_disable"
-    if (raw is None or "torch._dynamo" in sys.modules or hasattr(model, "_orig_mod")
-            or getattr(raw, key, None) is not None):
-        yield
-        return
-    setattr(raw, key, raw)
-    try:
-        yield
-    finally:
-        if getattr(raw, key, None) is raw:
-            delattr(raw, key)
 
 
 class _tracked:

@@ -10,9 +10,11 @@ each handle is attached to the op it becomes:
 | _convolution | convolution | the product's MACs (as lrprof) |
 | addmm, mm, matmul, linear, einsum, bmm | addmm, mm, bmm | the product's MACs |
 | batch_norm | native_batch_norm... | N x (2 affine / 1) in eval, N x (5 / 4) in training |
-| group_norm, layer_norm, instance_norm | native_group_norm, native_layer_norm, native_batch_norm | N x (5 affine / 4) |
+| group_norm, layer_norm, instance_norm | native_group_norm, native_layer_norm, native_batch_norm |
+  N x (5 affine / 4) |
 | upsample_nearest2d, upsample_bilinear2d | same | output elements x 1, x 4 |
-| adaptive_avg_pool2d | _adaptive_avg_pool2d, or mean over (-2, -1) keeping dims (its 1x1 form) | input elements |
+| adaptive_avg_pool2d | _adaptive_avg_pool2d, or mean over (-2, -1) keeping dims (its 1x1 form) |
+  input elements |
 | grid_sampler | grid_sampler_2d/3d | output elements x 4 (fvcore assumes bilinear) |
 
 Everything else counts 0, as fvcore ignores or skips it (elementwise ops, softmax,
