@@ -32,7 +32,14 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.module_tracker import ModuleTracker
 
 from lrprof.measure import conventions, flex
-from lrprof.measure.modes import VALUE_OPS, NeedsValues, dynamo_not_imported, flex_eager
+from lrprof.measure.modes import (
+    VALUE_OPS,
+    NeedsValues,
+    dynamo_not_imported,
+    flex_eager,
+    meta_attention,
+    refuse_value_modules,
+)
 from lrprof.measure.rulebase import Rule, zero
 from lrprof.measure.rules import RULES, ZERO_BACKWARD_NODES, Work
 
@@ -341,7 +348,9 @@ def count(model: nn.Module, *inputs: Any, per_module: bool = False, backward: bo
     tracker = ModuleTracker() if per_module else None
     tally = _Tally(tracker, names, convention)
     tally.meta = any(t.is_meta for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor))
-    with dynamo_not_imported(model, _CountingMode), flex_eager():
+    if tally.meta:
+        refuse_value_modules(model)
+    with dynamo_not_imported(model, _CountingMode), flex_eager(), meta_attention(tally.meta):
         with _tracked(tracker), _CountingMode(tally), torch.no_grad():
             out = model(*inputs)
             tally.check_outputs(out)

@@ -8,7 +8,9 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 # Ops whose result depends on tensor values (a Python read, a data-dependent shape): meta
 # tensors have none, so a --meta count refuses them by name.
@@ -23,6 +25,24 @@ VALUE_OPS = frozenset({
 class NeedsValues(RuntimeError):
     """A --meta count met an op that needs real values; the message names it (and the
     module it ran in)."""
+
+
+# Module types whose work depends on tensor values in a way no op shows on meta tensors
+# (a shape-only branch of their own): type -> why. Registered by the module's author.
+VALUE_MODULES: dict[type, str] = {}
+
+
+def register_value_module(cls: type, why: str) -> None:
+    """A --meta count of a model holding `cls` is refused, saying `why`."""
+    VALUE_MODULES[cls] = why
+
+
+def refuse_value_modules(model: nn.Module) -> None:
+    for name, sub in model.named_modules():
+        why = VALUE_MODULES.get(type(sub))  # the type itself: a subclass may route otherwise
+        if why is not None:
+            raise NeedsValues(f"--meta: {type(sub).__name__} at {name or 'the model'} needs real tensor "
+                              f"values ({why}); count without --meta")
 
 
 @contextlib.contextmanager
@@ -63,4 +83,27 @@ def flex_eager() -> Iterator[None]:
         setattr(module, key, before)
 
 
-__all__ = ["VALUE_OPS", "NeedsValues", "dynamo_not_imported", "flex_eager"]
+class MetaAttention(TorchFunctionMode):
+    """On meta tensors F.scaled_dot_product_attention would take its math path (bmm and
+    softmax); on a CPU it runs the fused flash kernel. So that a --meta count equals the
+    real one, the fused kernel (which has meta kernels, forward and backward) is called."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention and not kwargs.get("enable_gqa"):
+            q, k, v = args[:3]
+            if q.is_meta and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]:
+                named = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale"), args[3:], strict=False))
+                named.update(kwargs)
+                return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    q, k, v, float(named.get("dropout_p", 0.0)), bool(named.get("is_causal", False)),
+                    attn_mask=named.get("attn_mask"), scale=named.get("scale"))[0]
+        return func(*args, **kwargs)
+
+
+def meta_attention(meta: bool) -> contextlib.AbstractContextManager:
+    return MetaAttention() if meta else contextlib.nullcontext()
+
+
+__all__ = ["VALUE_MODULES", "VALUE_OPS", "MetaAttention", "NeedsValues", "dynamo_not_imported", "flex_eager",
+           "meta_attention", "refuse_value_modules", "register_value_module"]

@@ -107,8 +107,8 @@ def count_notes(record: Record) -> list[str]:
                      "flopcounter convention counts them as their CUDA twins.")
     if record.config.get("meta"):
         notes.append("--meta: built and run on the meta device (no weights allocated, nothing "
-                     "computed); scaled_dot_product_attention takes its math path there (bmm and "
-                     "softmax, plus the two scaling multiplies lrprof counts as elementwise).")
+                     "computed); scaled_dot_product_attention is run as the CPU's fused kernel, so the "
+                     "count equals a real CPU run's.")
     if "bwd_MACs" in record.exact:
         grads = "the inputs and " if record.config.get("input_grad") else ""
         notes.append(f"backward: gradients of {grads}every trainable parameter; pooling and "
