@@ -47,7 +47,9 @@ T = torch.randn
 
 # ---- fvcore's test_flop_count.py -----------------------------------------------------------
 
-CONV_CASES = [  # FV TestFlopCountAnalysis.test_conv: (dim, B, Cin, Cout, spatial, k, pad, stride, groups, transposed, out_pad)
+# FV TestFlopCountAnalysis.test_conv, its nine cases:
+# (dim, B, Cin, Cout, spatial, k, pad, stride, groups, transposed, output_padding)
+CONV_CASES = [
     (2, 5, 10, 3, 15, 3, 1, 1, 1, False, 0),
     (2, 2, 10, 6, 20, 3, 1, 2, 1, False, 0),
     (2, 5, 16, 8, 15, 5, 2, 1, 4, False, 0),

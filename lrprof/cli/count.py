@@ -70,6 +70,10 @@ def count(**options: Any) -> None:
         typer.echo(f"lrprof: error: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
     emit(count_report(profile, argv()), out, flags["quiet"], plots=False)
+    record = profile.record
+    if record.checks.get("uncounted") or record.checks.get("opaque"):
+        typer.echo(f"lrprof: {record.name}: {record.checks['uncounted_ops']} (register a rule with "
+                   "lrprof.measure.rules.register_rule)", err=True)
     raise typer.Exit(failures(profile.records[:1]))
 
 

@@ -157,6 +157,27 @@ def varlen_attention_backward(args: tuple, kwargs: dict, out: Any) -> Work:
     return attention_work(args[1], args[2], args[3], 3, 2, 1, heads_first=False)
 
 
+def multi_head_attention(args: tuple, kwargs: dict, out: Any) -> Work:
+    """_native_multi_head_attention (nn.MultiheadAttention's fast path): q, k, v
+    projections, QK^T and AV over every head, the output projection."""
+    q, k = args[0], args[1]
+    embed, heads = int(args[3]), int(args[4])
+    batch, length, keys = q.shape[0], q.shape[-2], k.shape[-2]
+    macs = batch * (length + 2 * keys) * embed * embed + 2 * batch * length * keys * embed
+    macs += batch * length * embed * embed
+    return Work(macs=macs, exps=batch * heads * length * keys)
+
+
+def encoder_layer(args: tuple, kwargs: dict, out: Any) -> Work:
+    """_transformer_encoder_layer_fwd (nn.TransformerEncoderLayer's fast path): self-attention
+    as above, then the two feed-forward products; norms and activation 0."""
+    x, embed, heads, ffn = args[0], int(args[1]), int(args[2]), args[14]
+    batch, length = x.shape[0], x.shape[-2]
+    macs = 4 * batch * length * embed * embed + 2 * batch * length * length * embed
+    macs += 2 * batch * length * embed * ffn.shape[0]
+    return Work(macs=macs, exps=batch * heads * length * length)
+
+
 def softmax(args: tuple, kwargs: dict, out: Any) -> Work:
     return Work(exps=numel(out))
 
@@ -294,6 +315,18 @@ RULES["aten::_scaled_dot_product_attention_math_for_mps"] = Rule(ATTENTION, atte
 for _name in ("_flash_attention", "_efficient_attention"):  # (B, L, H, E) layout
     RULES[f"aten::{_name}_forward"] = Rule(ATTENTION, varlen_attention_forward, _ATTENTION)
     RULES[f"aten::{_name}_backward"] = Rule(ATTENTION, varlen_attention_backward, _ATTENTION_BACK)
+RULES["aten::_cudnn_attention_forward"] = Rule(ATTENTION, attention_forward, _ATTENTION)
+RULES["aten::_cudnn_attention_backward"] = Rule(ATTENTION, attention_backward, _ATTENTION_BACK)
+RULES["aten::_triton_scaled_dot_attention"] = Rule(ATTENTION, attention_forward, _ATTENTION)
+RULES["aten::_flash_attention_forward_no_dropout_inplace"] = Rule(ATTENTION, varlen_attention_forward,
+                                                                  _ATTENTION)
+for _name in ("_native_multi_head_attention", "_triton_multi_head_attention"):
+    RULES[f"aten::{_name}"] = Rule(ATTENTION, multi_head_attention,
+                                   "q, k, v and output projections, QK^T and AV; exps of QK^T")
+RULES["aten::_transformer_encoder_layer_fwd"] = Rule(
+    ATTENTION, encoder_layer, "attention's four projections, QK^T and AV, the two feed-forward products")
+RULES["aten::_scaled_dot_product_attention_math"] = Rule(
+    ATTENTION, zero, _COMPOSITE + " (bmm, softmax and the scaling multiplies)")
 RULES["aten::scaled_dot_product_attention"] = Rule(
     ATTENTION, zero, _COMPOSITE + " (a fused kernel, or the math path's bmm and softmax)")
 
