@@ -107,3 +107,19 @@ def test_real_tensors_give_the_published_counts_too():
     assert resnet == 4_089_184_256
     vit = count(MODELS + ":ViT", input="1x3x224x224").record.exact["fwd_MACs"]
     assert abs(vit - 17.6e9) / 17.6e9 < 0.01
+
+
+def test_vit_b16_at_1024_counts_on_meta_without_memory():
+    """4096 patches + the class token: attention grows with the square of the tokens; on the
+    meta device nothing is allocated (the CLI run of this model: see docs/count.md)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    profile = count(MODELS + ":ViT", init='{"image_size": 1024}', input="1x3x1024x1024",
+                    options=CountOptions(meta=True, depth=0))
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    tokens, width, depth = 4097, 768, 12
+    per_block = 12 * tokens * width * width + 2 * tokens * tokens * width
+    patch = 4096 * width * 3 * 16 * 16
+    assert profile.record.exact["fwd_MACs"] == depth * per_block + patch + width * 1000
+    assert grown_kib < 200 * 1024  # its float32 weights alone would take 342 MiB
