@@ -99,6 +99,8 @@ def test_uncounted_op_fails(capsys, tmp_path):
     (["--no-input-grad"], "--input-grad"),
     (["--module", f"{EXAMPLE}:SmallCNN", "--input", "1x3x8x8", "--k", "7"], "--k"),
     (["--net", "resnet50", "--init", "{}"], "--init"),
+    (["--net", "resnet50", "--channels", "32"], "--channels"),
+    (["--module", f"{EXAMPLE}:SmallCNN", "--op", "lr", "--input", "1x3x8x8"], "--op"),
     (["--depth", "-1"], "--depth"),
 ])
 def test_bad_input_exit_2(capsys, args, option):

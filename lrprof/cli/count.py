@@ -52,9 +52,15 @@ def count(**options: Any) -> None:
         for name in ("init", "input") if common["net"] is None else ("init",):
             if common[name] not in (None, [], ()):
                 raise SpecError(name, "only with --module (or --input with --net)", common[name])
-    if (common["module"] is not None or common["net"] is not None) and op_params:
-        name = sorted(op_params)[0]
-        raise SpecError(name, "an operator parameter: only with --op", op_params[name])
+    if common["module"] is not None or common["net"] is not None:
+        if op_params:
+            name = sorted(op_params)[0]
+            raise SpecError(name, "an operator parameter: only with --op", op_params[name])
+        defaults = {name: default for name, _, default, *_ in COUNT_COMMON}
+        for name in ("impl", "channels", "size", "batch"):
+            if common[name] != defaults[name]:
+                raise SpecError(name, "only with --op (--input gives the shape of a module's or a "
+                                "network's input)", common[name])
     if not flags["backward"] and not flags["input_grad"]:
         raise SpecError("input_grad", "only with --backward", False)
     settings = CountOptions(backward=flags["backward"], input_grad=flags["input_grad"],
