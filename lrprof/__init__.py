@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from lrprof.build.ops.registry import register_op
     from lrprof.build.usermodule import ModuleSpec
     from lrprof.gate.compare import Thresholds, compare
-    from lrprof.measure.counting import count
     from lrprof.measure.rules import Work, register_rule
     from lrprof.profile.audit import run_audit
+    from lrprof.profile.count import count, count_instance
     from lrprof.profile.layer import profile_layer, profile_layers
     from lrprof.profile.module import profile_instance, profile_module
     from lrprof.profile.net import NetSpec, profile_net, profile_nets
@@ -49,7 +49,8 @@ _API: dict[str, str] = {
     "profile_module": "lrprof.profile.module",
     "profile_instance": "lrprof.profile.module",
     "run_audit": "lrprof.profile.audit",
-    "count": "lrprof.measure.counting",
+    "count": "lrprof.profile.count",
+    "count_instance": "lrprof.profile.count",
     "compare": "lrprof.gate.compare",
     "Thresholds": "lrprof.gate.compare",
     "load_report": "lrprof.record.load",
@@ -60,7 +61,7 @@ _API: dict[str, str] = {
 
 __all__ = [
     "LayerSpec", "MeasureOptions", "ModuleSpec", "NetSpec", "Thresholds", "TimingOptions", "Work",
-    "__version__", "compare", "count", "load_report", "profile_instance", "profile_layer",
+    "__version__", "compare", "count", "count_instance", "load_report", "profile_instance", "profile_layer",
     "profile_layers", "profile_module", "profile_net", "profile_nets", "register_op",
     "register_rule", "run_audit",
 ]

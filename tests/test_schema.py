@@ -46,6 +46,8 @@ def reports(tmp_path_factory) -> dict[str, Path]:
         "sweep": ["sweep", "--op", "lr", "--k", "3", "--m", "2,4", "--channels", "4", "--size", "6",
                   "--min-runs", "2", "--min-time", "0.005", "--warmup", "1", "--baseline", "none",
                   "--device", "cpu", "--no-plots", "--quiet", "--in-process"],
+        "count": ["count", "--module", f"{ROOT}/examples/my_layers.py:SmallCNN", "--input", "1x3x16x16",
+                  "--backward", "--device", "cpu", "--no-plots", "--quiet"],
         "check": ["check", f"{ROOT}/lrprof/build/ops/local_relation.py:LocalRelation2d", "--op", "lr",
                   "--k", "3", "--m", "4", "--channels", "8", "--size", "8", "--min-runs", "2",
                   "--min-time", "0.01", "--device", "cpu", "--no-stock", "--quiet"],
@@ -60,7 +62,7 @@ def reports(tmp_path_factory) -> dict[str, Path]:
     return made
 
 
-@pytest.mark.parametrize("kind", ["layer", "module", "net", "sweep", "check", "compare"])
+@pytest.mark.parametrize("kind", ["layer", "module", "net", "sweep", "check", "count", "compare"])
 def test_every_report_validates(schema, reports, kind) -> None:
     data = json.loads(reports[kind].read_text())
     jsonschema.validate(data, schema)

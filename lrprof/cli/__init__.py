@@ -14,7 +14,19 @@ import sys
 import typer
 
 # each command registers itself on the app when imported
-from lrprof.cli import check, compare, helptext, layer, merge, net, ops, options, schema, sweep  # noqa: F401
+from lrprof.cli import (  # noqa: F401
+    check,
+    compare,
+    count,
+    helptext,
+    layer,
+    merge,
+    net,
+    ops,
+    options,
+    schema,
+    sweep,
+)
 from lrprof.cli.app import (
     _ARGUMENTS,
     EXIT_OK,

@@ -46,7 +46,7 @@ def _group(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="print the version and exit")] = False,
 ) -> None:
-    """lrprof: layer, net, sweep, merge, compare, ops and check."""
+    """lrprof: layer, net, count, sweep, merge, compare, ops and check."""
 
 
 _invocation: list[str] = []  # the arguments main() was given, recorded in every report

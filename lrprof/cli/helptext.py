@@ -23,6 +23,14 @@ LAYER = epilog(
     "lrprof layer --k 7 --m 8 --impl all --baseline none --out current",
     writes=REPORTS.format(command="layer"),
 )
+COUNT = epilog(
+    "lrprof count --op lr --k 7 --m 8",
+    "lrprof count --module examples/my_layers.py:SmallCNN --input 8x3x64x64 --backward",
+    "lrprof count --net resnet50 --convention fvcore",
+    "lrprof count --net resnet50 --meta --input 1x3x1024x1024",
+    writes="reports/count-<date>-<time>.{md,csv,json} by default; --out DIR writes "
+           "DIR/count.{md,csv,json} instead (no plots).",
+)
 NET = epilog(
     "lrprof net lr50",
     "lrprof net lr50 --vs resnet50 --per-layer",

@@ -1,6 +1,6 @@
 """Where the time goes: each op's self time beside the work the counter gave the same op.
 
-torch.profiler records every row's phases in their own runs, after the timed ones (a
+torch's profiler records every row's phases in their own runs, after the timed ones (a
 profiler slows what it watches, so it never runs inside the timed runs), each call inside a
 `record_function` range named by the row (`lr[fused] k=7 ... fwd`), so one Chrome/Perfetto
 trace shows every row. An op's self time includes the time of the ops it calls that the
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 RUNS = 5  # profiled calls per row and phase
-METHOD = (f"torch.profiler, {RUNS} calls per row and phase after the timed runs (one warm-up call); "
+METHOD = (f"torch.autograd.profiler, {RUNS} calls per row and phase after the timed runs (one warm-up call); "
           "each event's self time to its nearest enclosing op the counter counted; per call of the row")
 
 
@@ -100,17 +100,18 @@ def profile_rows(rows: Sequence[ProfiledRow], device: torch.device, runs: int = 
                  trace: Path | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """{label: {phase: [{"phase", "op", "calls", "self_ms", "MACs", "exps"}]}}, per call of
     the row, slowest op first; `trace`: also write the Chrome/Perfetto trace (gzip JSON)."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+    # torch.profiler.profile is a wrapper of this one that also imports torch._inductor (and
+    # with it torch._dynamo: seconds) on entry; this one records the same events.
+    from torch.autograd.profiler import profile, record_function
 
     cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     ranges: dict[str, tuple[str, str]] = {}
     for row in rows:
         for phase, fn in row.phases.items():
             ranges[range_name(row.label, phase)] = (row.label, phase)
             fn()  # warm: a first call's one-time work is not the op's time
     _synchronize(device)
-    with _quiet_native_stderr(), profile(activities=activities) as prof:
+    with _quiet_native_stderr(), profile(use_device="cuda" if cuda else None) as prof:
         for row in rows:
             for phase, fn in row.phases.items():
                 for _ in range(runs):
@@ -120,7 +121,7 @@ def profile_rows(rows: Sequence[ProfiledRow], device: torch.device, runs: int = 
     if trace is not None:
         write_trace(prof, trace)
     counted_names = {row.label: {op for ops in row.counted.values() for op in ops} for row in rows}
-    found = attribute(prof.events(), ranges, counted_names, cuda)
+    found = attribute(prof.function_events, ranges, counted_names, cuda)
     result: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
         for phase in row.phases:

@@ -9,6 +9,7 @@ share of the work it misses.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from torch import nn
 
 from lrprof.measure import rules
 from lrprof.measure.counting import CountResult
+from lrprof.measure.modes import dynamo_not_imported
 from lrprof.spec.errors import describe
 
 # fvcore's handles name their results by family, not by aten op.
@@ -66,9 +68,12 @@ def _fvcore(model: nn.Module, inputs: tuple) -> tuple[int, dict[str, int], dict[
 
 
 def _flopcounter(model: nn.Module, inputs: tuple) -> tuple[int, dict[str, int]]:
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils import flop_counter
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # its dispatch mode is torch's private class; without it, the dynamo import just happens
+    mode = getattr(flop_counter, "_FlopCounterMode", None)
+    quiet = dynamo_not_imported(model, mode) if mode is not None else contextlib.nullcontext()
+    with torch.no_grad(), quiet, flop_counter.FlopCounterMode(display=False) as counter:
         model(*inputs)
     families: dict[str, int] = defaultdict(int)
     for op, flops in counter.get_flop_counts().get("Global", {}).items():

@@ -39,6 +39,9 @@ class TimingOptions:
         return "+".join(modes) or None
 
 
+CONVENTIONS = ("lrprof", "fvcore", "flopcounter")  # lrprof.measure.conventions has their tables
+
+
 @dataclass(frozen=True)
 class MeasureOptions:
     backward: bool = False  # also count and time forward+backward
@@ -57,11 +60,19 @@ class MeasureOptions:
     op_times: bool = True  # per-op self time beside per-op work, in profiled runs after the timed ones
     energy: bool = True  # joules per pass from the device's energy counter, or why not
     trace: str | None = None  # a directory: the profiled runs as a Chrome/Perfetto trace
+    # counting (`lrprof count`; the measuring commands count under lrprof's convention)
+    input_grad: bool = True  # backward: differentiate the floating-point inputs too
+    convention: str = "lrprof"  # lrprof, fvcore or flopcounter: whose rules price each op
+    meta: bool = False  # count on the meta device: no weights, no compute
+    depth: int = 2  # the module tree down to this depth (0: the whole model only)
 
     def __post_init__(self) -> None:
         require_int("memory-runs", self.memory_runs, 1)
         require_int("repeat", self.repeat, 1)
         require_int("hooked-runs", self.hooked_runs, 2)
+        require_int("depth", self.depth, 0)
+        if self.convention not in CONVENTIONS:
+            raise SpecError("convention", f"one of {', '.join(CONVENTIONS)}", self.convention)
         if not math.isfinite(self.max_work_ratio) or self.max_work_ratio < 1:
             raise SpecError("max-work-ratio", "a number >= 1", self.max_work_ratio)
 

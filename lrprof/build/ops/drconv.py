@@ -37,6 +37,7 @@ from torch import nn
 
 from lrprof.build.ops.cost import CostModel, Term
 from lrprof.measure.accuracy import TOLERANCE, OutputCheck, compare_with_reference
+from lrprof.measure.modes import register_value_module
 from lrprof.spec.errors import SpecError, require_int
 from lrprof.spec.layer import LayerSpec
 from lrprof.spec.params import Param, Schema, kernel_param, out_channels_param, stride_param
@@ -312,6 +313,9 @@ def _register() -> None:
         cost_text=COST_TEXT,
         check_output=check_output,
     ))
+
+    register_value_module(DRConv2d, "its region routing: the argmax of the guide picks which filter "
+                          "each pixel meets, and the region sizes set the products")
 
 
 _register()
