@@ -205,7 +205,7 @@ def test_csv_row_rebuilds_the_json_record(backward_run):
     assert from_csv.key() == from_json.key()
     assert from_csv.config == from_json.config
     for column in ("params", "fwd_MACs", "exact_MACs", "fwd_exps"):
-        assert from_csv.counted[column] == from_json.counted[column]
+        assert from_csv.exact_figures()[column] == from_json.exact_figures()[column]
 
 
 def test_baseline_none_measures_only_the_asked_rows(tmp_path):
@@ -418,9 +418,11 @@ def test_progress_on_a_non_terminal_is_plain_lines_and_quiet_silences_it(tmp_pat
     run = run_in_process(layer_args(tmp_path / "shown"))
     assert run.rc == 0
     lines = run.err.splitlines()
-    assert lines[0].startswith("lrprof layer: 5 steps")  # 2 rows prepared, 1 timing, 2 memory
-    assert any(line.startswith("[3/5] ok timing 2 rows interleaved") for line in lines)
-    assert lines[-1].startswith("done: 5/5 steps") and "ETA" in lines[-1]
+    # 2 rows prepared, 1 timing, 2 memory, 1 per-op profile of both rows
+    assert lines[0].startswith("lrprof layer: 6 steps")
+    assert any(line.startswith("[3/6] ok timing 2 rows interleaved") for line in lines)
+    assert any(line.startswith("[6/6] ok where the time goes") for line in lines)
+    assert lines[-1].startswith("done: 6/6 steps") and "ETA" in lines[-1]
     assert "\x1b[" not in run.err  # no terminal escapes in a log
     quiet = run_in_process(layer_args(tmp_path / "quiet", "--quiet"))
     assert quiet.rc == 0 and quiet.err == ""

@@ -282,7 +282,8 @@ def _roofline(row: _Row) -> None:
     ceiling = roofline.ceilings(row.device, row.spec.dtype)
     macs = record.counted.get("fwd_MACs")
     figures = roofline.roofline(2 * macs if macs is not None else None, record.derived["design_bytes"],
-                                record.derived.get("minimal_bytes"), fwd.median_ms / 1e3, ceiling)
+                                record.derived.get("minimal_bytes"), fwd.median_ms / 1e3, ceiling,
+                                exps=record.counted.get("fwd_exps"))
     record.derived.update(figures)
     record.detail["ceilings"] = ceiling.to_dict()
 

@@ -249,9 +249,15 @@ def roofline_rows(records: list[Record]) -> list[dict[str, Any]]:
             "FLOP/byte (design)": r.derived.get("intensity_FLOP_per_byte"),
             "bound": r.derived.get("bound"),
             "% of roofline": 100 * fraction if fraction is not None else None,
+            "% exp ceiling": _percent(r.derived.get("exp_fraction")),
+            "% FMA ceiling": _percent(r.derived.get("fma_fraction")),
             "fwd peak / min bytes": fwd.peak_bytes / minimal if fwd and minimal else None,
         })
     return rows
+
+
+def _percent(fraction: float | None) -> float | None:
+    return 100 * fraction if fraction is not None else None
 
 
 def _ceilings_note(records: list[Record]) -> str:
@@ -261,7 +267,9 @@ def _ceilings_note(records: list[Record]) -> str:
         if c:
             key = (c["device"], c["dtype"], c["threads"])
             seen[key] = (f"{c['device']} {c['dtype']} {c['bandwidth_GBps']:.1f} GB/s, "
-                         f"{c['compute_GFLOPs']:.1f} GFLOP/s")
+                         f"{c['compute_GFLOPs']:.1f} GFLOP/s"
+                         + (f", {c['exp_per_s']:.3g} exp/s" if c.get("exp_per_s") else "")
+                         + (f", {c['fma_GFLOPs']:.1f} GFLOP/s FMA" if c.get("fma_GFLOPs") else ""))
     return "ceilings measured once per run (a large copy, a large matmul): " + "; ".join(seen.values())
 
 

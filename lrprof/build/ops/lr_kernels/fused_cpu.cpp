@@ -33,8 +33,10 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -188,10 +190,18 @@ void pad_plane(const T* src, const Shape& sh, int64_t row0, int64_t Hp, T* dst) 
     }
     for (int64_t phase = 0; phase < sh.s; ++phase) {  // padded column idx * s + phase
       T* out = d + phase * sh.Wq;
-      for (int64_t idx = 0; idx < sh.Wq; ++idx) {
-        const int64_t x = idx * sh.s + phase - sh.r;
-        out[idx] = x >= 0 && x < sh.W ? row[x] : T(0);
+      // image columns idx * s + phase - r in [0, W) for idx in [lo, hi): a strided copy
+      const int64_t off = phase - sh.r;
+      const int64_t lo = std::min<int64_t>(sh.Wq, std::max<int64_t>(0, (-off + sh.s - 1) / sh.s));
+      const int64_t hi = std::max<int64_t>(lo, std::min<int64_t>(sh.Wq, (sh.W - off + sh.s - 1) / sh.s));
+      std::fill(out, out + lo, T(0));
+      const T* in = row + off;
+      if (sh.s == 2) {  // the stem's stride: a constant stride the compiler vectorises
+        for (int64_t idx = lo; idx < hi; ++idx) out[idx] = in[idx * 2];
+      } else {
+        for (int64_t idx = lo; idx < hi; ++idx) out[idx] = in[idx * sh.s];
       }
+      std::fill(out + hi, out + sh.Wq, T(0));
     }
   }
 }
@@ -339,95 +349,186 @@ void tile_exps(const Shape& sh, const T* __restrict__ kp, int64_t prow0, const T
   for (int jj = 0; jj < TILE; ++jj) inv[jj] = lane[jj] / sum[jj];
 }
 
+// ---------------------------------------------------------------------------------------
+// Vector paths for float, chosen at build time from the compiler's target (-march=native):
+// V16 (AVX-512F, one zmm register = 16 lanes) where __AVX512F__ is defined, V8 (AVX2 + FMA,
+// 8 lanes) where __AVX2__ and __FMA__ are; both where the CPU has AVX-512 (the tile width
+// is then picked per call, see `float_tile`). `isa()` reports what was compiled. Written
+// with intrinsics (compilers turn the scalar form's clamps into compare-and-blend chains)
+// and leaner than the scalar form: a degree-5 polynomial for 2^f (2.5e-7 relative, ~4 ulp).
+// V8 adds 2^n to the exponent bits, t clamped to [-126, 127] so that stays a normal float
+// (below 2^-126 of the centre's weight the result is 2^-126 * p instead of the true,
+// smaller value); V16 scales by 2^n with vscalefps, which saturates to 0 and infinity by
+// itself, so only a lower clamp (-150: the result is then 0) guards the rounding. Masked
+// positions are zeroed explicitly (`valid`), with no per-element branch.
+struct NoVec {};
+
 #if defined(__AVX2__) && defined(__FMA__)
 #define LRPROF_AVX2 1
-// The same sweep for float, stride 1, one AVX2 register per tile, written with intrinsics
-// (compilers turn the scalar form's clamps into compare-and-blend chains) and leaner: a
-// degree-5 polynomial (2.5e-7 relative, ~4 ulp), 2^n added to the exponent bits rather
-// than multiplied, t clamped to [-126, 127] so that stays a normal float. Below 2^-126 of
-// the centre's weight the result is 2^-126 * p instead of the true, smaller value; masked
-// positions are zeroed explicitly (`valid`).
-inline __m256 exp2_avx2(__m256 t) {
-  t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
-  const __m256 magic = _mm256_set1_ps(12582912.0f);
-  const __m256 shifted = _mm256_add_ps(t, magic);
-  const __m256 f = _mm256_sub_ps(t, _mm256_sub_ps(shifted, magic));
-  __m256 p = _mm256_set1_ps(0.0013400432653725147f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.009676037356257439f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.05550327152013779f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.2402210682630539f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.6931471824645996f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0000001192092896f));
-  // n sits in the low bits of `shifted` (1.5 * 2^23 + n), whose high bits shift out
-  const __m256i scale = _mm256_slli_epi32(_mm256_castps_si256(shifted), 23);
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), scale));
+struct V8 {
+  using R = __m256;
+  static constexpr int N = 8;
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+  static R set1(float v) { return _mm256_set1_ps(v); }
+  static R zero() { return _mm256_setzero_ps(); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static R div(R a, R b) { return _mm256_div_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_ps(a, b, c); }
+  static R abs(R a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static R keep(R v, const float* bits) { return _mm256_and_ps(v, _mm256_loadu_ps(bits)); }
+  static bool any_not_below(R v, float limit) {
+    return _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(limit), _CMP_NLT_UQ)) != 0;
+  }
+  static R exp2(R t) {
+    t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    const __m256 shifted = _mm256_add_ps(t, magic);
+    const __m256 f = _mm256_sub_ps(t, _mm256_sub_ps(shifted, magic));
+    const __m256 p = poly(f);
+    // n sits in the low bits of `shifted` (1.5 * 2^23 + n), whose high bits shift out
+    const __m256i scale = _mm256_slli_epi32(_mm256_castps_si256(shifted), 23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), scale));
+  }
+  static R poly(R f) {
+    R p = _mm256_set1_ps(0.0013400432653725147f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.009676037356257439f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.05550327152013779f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.2402210682630539f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.6931471824645996f));
+    return _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0000001192092896f));
+  }
+};
+#else
+using V8 = NoVec;
+#endif
+
+#if defined(__AVX512F__)
+#define LRPROF_AVX512 1
+struct V16 {
+  using R = __m512;
+  static constexpr int N = 16;
+  static R load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
+  static R set1(float v) { return _mm512_set1_ps(v); }
+  static R zero() { return _mm512_setzero_ps(); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R div(R a, R b) { return _mm512_div_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm512_fnmadd_ps(a, b, c); }
+  static R abs(R a) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7FFFFFFF))); }
+  static R keep(R v, const float* bits) {
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_loadu_si512(bits)));
+  }
+  static bool any_not_below(R v, float limit) {
+    return _mm512_cmp_ps_mask(v, _mm512_set1_ps(limit), _CMP_NLT_UQ) != 0;
+  }
+  static R exp2(R t) {
+    t = _mm512_max_ps(t, _mm512_set1_ps(-150.0f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(0.0013400432653725147f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.009676037356257439f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.05550327152013779f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.2402210682630539f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6931471824645996f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001192092896f));
+    return _mm512_scalef_ps(p, n);  // p * 2^n: 0 below, infinity above float's range
+  }
+};
+#else
+using V16 = NoVec;
+#endif
+
+// The float vector type of TILE lanes compiled here, or NoVec.
+template <int TILE>
+using VecOf = std::conditional_t<TILE == 16, V16, std::conditional_t<TILE == 8, V8, NoVec>>;
+
+template <typename T, int TILE>
+constexpr bool has_vec() {
+  return std::is_same_v<T, float> && !std::is_same_v<VecOf<TILE>, NoVec>;
 }
 
-template <int PHI>
-inline __m256 logit_avx2(__m256 q, __m256 key, __m256 prior) {
+const char* isa() {
+#if defined(LRPROF_AVX512)
+  return "avx512";
+#elif defined(LRPROF_AVX2)
+  return "avx2";
+#else
+  return "scalar";
+#endif
+}
+
+template <typename V, int PHI>
+inline typename V::R logit_vec(typename V::R q, typename V::R key, typename V::R prior) {
   if constexpr (PHI == SQDIFF) {
-    const __m256 d = _mm256_sub_ps(q, key);
-    return _mm256_fnmadd_ps(d, d, prior);
+    const auto d = V::sub(q, key);
+    return V::fnmadd(d, d, prior);
   } else if constexpr (PHI == ABSDIFF) {
-    return _mm256_sub_ps(prior, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(q, key)));
+    return V::sub(prior, V::abs(V::sub(q, key)));
   } else {
-    return _mm256_fmadd_ps(q, key, prior);
+    return V::fmadd(q, key, prior);
   }
 }
 
+// The one-sweep numerators of one tile (see tile_exps), one register per tile.
 // UNIT: stride 1, where window column dj sits at offset dj (colof[dj] == dj, known here).
-template <int PHI, bool BORDER, bool UNIT>
-void tile_exps_avx2(const Shape& sh, const float* __restrict__ kp, int64_t prow0, const float* __restrict__ prior,
-                    int64_t j0, const float* __restrict__ qv, const float* __restrict__ bias,
-                    const float* __restrict__ valid, const float* __restrict__ lane, Rows rows, float* __restrict__ e,
-                    float* __restrict__ inv) {
+template <typename V, int PHI, bool BORDER, bool UNIT>
+void tile_exps_vec(const Shape& sh, const float* __restrict__ kp, int64_t prow0, const float* __restrict__ prior,
+                   int64_t j0, const float* __restrict__ qv, const float* __restrict__ bias,
+                   const float* __restrict__ valid, const float* __restrict__ lane, Rows rows, float* __restrict__ e,
+                   float* __restrict__ inv) {
+  constexpr int N = V::N;
   const float* base = kp + prow0 * sh.Wp + j0;
-  const __m256 q = _mm256_loadu_ps(qv);
-  const __m256 l2e = _mm256_set1_ps(log2e<float>());
-  const __m256 centre = logit_avx2<PHI>(q, _mm256_loadu_ps(base + sh.r * sh.Wp + (UNIT ? sh.r : sh.colof[sh.r])),
-                                        _mm256_set1_ps(prior[sh.r * sh.k + sh.r]));
-  const __m256 shift = _mm256_mul_ps(centre, _mm256_set1_ps(-log2e<float>()));
-  __m256 sum = _mm256_setzero_ps();
+  const auto q = V::load(qv);
+  const auto l2e = V::set1(log2e<float>());
+  const auto centre = logit_vec<V, PHI>(q, V::load(base + sh.r * sh.Wp + (UNIT ? sh.r : sh.colof[sh.r])),
+                                        V::set1(prior[sh.r * sh.k + sh.r]));
+  const auto shift = V::mul(centre, V::set1(-log2e<float>()));
+  auto sum = V::zero();
   for (int64_t di = rows.lo; di < rows.hi; ++di) {
     const float* krow = base + di * sh.Wp;
     const float* prow = prior + di * sh.k;
-    float* erow = e + di * sh.k * 8;
+    float* erow = e + di * sh.k * N;
     for (int64_t dj = 0; dj < sh.k; ++dj) {
-      const __m256 l = logit_avx2<PHI>(q, _mm256_loadu_ps(krow + (UNIT ? dj : sh.colof[dj])), _mm256_set1_ps(prow[dj]));
-      __m256 v = exp2_avx2(_mm256_fmadd_ps(l, l2e, shift));
-      if constexpr (BORDER) v = _mm256_and_ps(v, _mm256_loadu_ps(valid + dj * 8));
-      _mm256_storeu_ps(erow + dj * 8, v);
-      sum = _mm256_add_ps(sum, v);
+      const auto l = logit_vec<V, PHI>(q, V::load(krow + (UNIT ? dj : sh.colof[dj])), V::set1(prow[dj]));
+      auto v = V::exp2(V::fmadd(l, l2e, shift));
+      if constexpr (BORDER) v = V::keep(v, valid + dj * N);
+      V::store(erow + dj * N, v);
+      sum = V::add(sum, v);
     }
   }
-  if (_mm256_movemask_ps(_mm256_cmp_ps(sum, _mm256_set1_ps(sum_limit<float>()), _CMP_NLT_UQ)) != 0) {
-    alignas(32) float sums[8];
-    tile_exps_exact<float, PHI, 8, BORDER>(sh, base, prior, qv, bias, rows, e, sums);
-    sum = _mm256_load_ps(sums);
+  if (V::any_not_below(sum, sum_limit<float>())) {
+    alignas(64) float sums[N];
+    tile_exps_exact<float, PHI, N, BORDER>(sh, base, prior, qv, bias, rows, e, sums);
+    sum = V::load(sums);
   }
-  _mm256_storeu_ps(inv, _mm256_div_ps(_mm256_loadu_ps(lane), sum));
+  V::store(inv, V::div(V::load(lane), sum));
 }
-#endif
 
 template <typename T, int PHI, int TILE>
 inline void tile_exps_any(const Shape& sh, const T* kp, int64_t prow0, const T* prior, int64_t j0, const T* qv,
                           const ColumnMasks<T, TILE>& masks, int64_t t, Rows rows, T* e, T* inv) {
   const T* bias = masks.bias.data() + t * sh.k * TILE;
   const T* lane = masks.lane.data() + t * TILE;
-#ifdef LRPROF_AVX2
-  if constexpr (std::is_same_v<T, float> && TILE == 8) {
+  if constexpr (has_vec<T, TILE>()) {
+    using V = VecOf<TILE>;
     const T* valid = masks.valid.data() + t * sh.k * TILE;
     const bool unit = sh.s == 1;
     if (masks.interior[t]) {
-      unit ? tile_exps_avx2<PHI, false, true>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv)
-           : tile_exps_avx2<PHI, false, false>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv);
+      unit ? tile_exps_vec<V, PHI, false, true>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv)
+           : tile_exps_vec<V, PHI, false, false>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv);
     } else {
-      unit ? tile_exps_avx2<PHI, true, true>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv)
-           : tile_exps_avx2<PHI, true, false>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv);
+      unit ? tile_exps_vec<V, PHI, true, true>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv)
+           : tile_exps_vec<V, PHI, true, false>(sh, kp, prow0, prior, j0, qv, bias, valid, lane, rows, e, inv);
     }
     return;
   }
-#endif
   if (masks.interior[t]) {
     tile_exps<T, PHI, TILE, false>(sh, kp, prow0, prior, j0, qv, bias, lane, rows, e, inv);
   } else {
@@ -479,56 +580,74 @@ inline void aggregate_block(const Shape& sh, const T* xp, int64_t plane, int64_t
   aggregate<T, TILE, CB>(sh, xp + c * plane, plane, prow0, e, inv, j0, rows, out);
 }
 
-#ifdef LRPROF_AVX2
-// The forward's hot loop for float, stride 1: one sweep over the window that takes each
-// position's logit and exponential (kept in e for channels beyond the first CB) and
-// multiply-adds it into CB channel accumulators held in registers, then writes those CB
-// rows of y. Returns false, writing nothing, when some sum reached `sum_limit` (the caller
-// then redoes the tile relative to the true maximum).
-template <int PHI, bool BORDER, int CB, bool KEEP, bool UNIT>
-bool tile_fused_avx2(const Shape& sh, const float* __restrict__ kp, const float* __restrict__ xp, int64_t plane,
-                     int64_t prow0, const float* __restrict__ prior, int64_t j0, const float* __restrict__ qv,
-                     const float* __restrict__ valid, const float* __restrict__ lane, Rows rows,
-                     float* __restrict__ e, float* __restrict__ inv, float* const* __restrict__ out) {
+// The forward's hot loop for float: one sweep over the window that takes each position's
+// logit and exponential (kept in e for channels beyond the first CB) and multiply-adds it
+// into CB channel accumulators held in registers (the register tile: CB channels x N
+// output columns, each exponential used CB times from a register), then writes those CB
+// rows of y. CB = 1 with m = 1 is the stem's path: one channel per group, the exponential
+// is nearly all of the work. Returns false, writing nothing, when some sum reached
+// `sum_limit` (the caller then redoes the tile relative to the true maximum).
+template <typename V, int PHI, bool BORDER, int CB, bool KEEP, bool UNIT>
+bool tile_fused_vec(const Shape& sh, const float* __restrict__ kp, const float* __restrict__ xp, int64_t plane,
+                    int64_t prow0, const float* __restrict__ prior, int64_t j0, const float* __restrict__ qv,
+                    const float* __restrict__ valid, const float* __restrict__ lane, Rows rows,
+                    float* __restrict__ e, float* __restrict__ inv, float* const* __restrict__ out) {
+  using R = typename V::R;
+  constexpr int N = V::N;
   const float* kbase = kp + prow0 * sh.Wp + j0;
   const float* xbase = xp + prow0 * sh.Wp + j0;
-  const __m256 q = _mm256_loadu_ps(qv);
-  const __m256 l2e = _mm256_set1_ps(log2e<float>());
-  const __m256 centre = logit_avx2<PHI>(q, _mm256_loadu_ps(kbase + sh.r * sh.Wp + (UNIT ? sh.r : sh.colof[sh.r])),
-                                        _mm256_set1_ps(prior[sh.r * sh.k + sh.r]));
-  const __m256 shift = _mm256_mul_ps(centre, _mm256_set1_ps(-log2e<float>()));
-  __m256 sum = _mm256_setzero_ps();
-  __m256 acc[CB];
-  for (int cc = 0; cc < CB; ++cc) acc[cc] = _mm256_setzero_ps();
+  const R q = V::load(qv);
+  const R l2e = V::set1(log2e<float>());
+  const R centre = logit_vec<V, PHI>(q, V::load(kbase + sh.r * sh.Wp + (UNIT ? sh.r : sh.colof[sh.r])),
+                                     V::set1(prior[sh.r * sh.k + sh.r]));
+  const R shift = V::mul(centre, V::set1(-log2e<float>()));
+  // S independent sets of accumulators (positions dj alternate between them): with one or
+  // two channels (the stem, m = 1) a single chain of dependent adds would bound the loop
+  constexpr int S = CB <= 2 ? 2 : 1;
+  R sums[S];
+  R acc[S][CB];
+  for (int u = 0; u < S; ++u) {
+    sums[u] = V::zero();
+    for (int cc = 0; cc < CB; ++cc) acc[u][cc] = V::zero();
+  }
   for (int64_t di = rows.lo; di < rows.hi; ++di) {
     const float* krow = kbase + di * sh.Wp;
     const float* xrow = xbase + di * sh.Wp;
     const float* prow = prior + di * sh.k;
-    float* erow = e + di * sh.k * 8;
+    float* erow = e + di * sh.k * N;
     // one window position (a lambda: gcc schedules it better than the same body inline)
-    auto position = [&](int64_t dj) {
+    auto position = [&](int64_t dj, int u) {
       const int64_t col = UNIT ? dj : sh.colof[dj];
-      const __m256 l = logit_avx2<PHI>(q, _mm256_loadu_ps(krow + col), _mm256_set1_ps(prow[dj]));
-      __m256 v = exp2_avx2(_mm256_fmadd_ps(l, l2e, shift));
-      if constexpr (BORDER) v = _mm256_and_ps(v, _mm256_loadu_ps(valid + dj * 8));
-      if constexpr (KEEP) _mm256_storeu_ps(erow + dj * 8, v);
-      sum = _mm256_add_ps(sum, v);
+      const R l = logit_vec<V, PHI>(q, V::load(krow + col), V::set1(prow[dj]));
+      R v = V::exp2(V::fmadd(l, l2e, shift));
+      if constexpr (BORDER) v = V::keep(v, valid + dj * N);
+      if constexpr (KEEP) V::store(erow + dj * N, v);
+      sums[u] = V::add(sums[u], v);
 #pragma GCC unroll 8
-      for (int cc = 0; cc < CB; ++cc) acc[cc] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xrow + cc * plane + col), acc[cc]);
+      for (int cc = 0; cc < CB; ++cc) acc[u][cc] = V::fmadd(v, V::load(xrow + cc * plane + col), acc[u][cc]);
     };
-    for (int64_t dj = 0; dj < sh.k; ++dj) position(dj);
+    int64_t dj = 0;
+    for (; dj + S <= sh.k; dj += S) {
+      for (int u = 0; u < S; ++u) position(dj + u, u);
+    }
+    for (; dj < sh.k; ++dj) position(dj, 0);
   }
-  if (_mm256_movemask_ps(_mm256_cmp_ps(sum, _mm256_set1_ps(sum_limit<float>()), _CMP_NLT_UQ)) != 0) return false;
-  const __m256 scale = _mm256_div_ps(_mm256_loadu_ps(lane), sum);
-  _mm256_storeu_ps(inv, scale);
-  const int64_t n = std::min<int64_t>(8, sh.Wo - j0);
+  R sum = sums[0];
+  for (int u = 1; u < S; ++u) {
+    sum = V::add(sum, sums[u]);
+    for (int cc = 0; cc < CB; ++cc) acc[0][cc] = V::add(acc[0][cc], acc[u][cc]);
+  }
+  if (V::any_not_below(sum, sum_limit<float>())) return false;
+  const R scale = V::div(V::load(lane), sum);
+  V::store(inv, scale);
+  const int64_t n = std::min<int64_t>(N, sh.Wo - j0);
   for (int cc = 0; cc < CB; ++cc) {
-    const __m256 y = _mm256_mul_ps(acc[cc], scale);
-    if (n == 8) {
-      _mm256_storeu_ps(out[cc] + j0, y);
+    const R y = V::mul(acc[0][cc], scale);
+    if (n == N) {
+      V::store(out[cc] + j0, y);
     } else {
-      alignas(32) float lanes[8];
-      _mm256_store_ps(lanes, y);
+      alignas(64) float lanes[N];
+      V::store(lanes, y);
       std::memcpy(out[cc] + j0, lanes, n * sizeof(float));
     }
   }
@@ -537,22 +656,23 @@ bool tile_fused_avx2(const Shape& sh, const float* __restrict__ kp, const float*
 
 // The fused sweep for the first CB channels of a group (CB = 8, 4, 2 or 1, at most mc),
 // the other channels from the kept e; false when the tile must be redone.
-template <int PHI, bool UNIT>
-bool forward_tile_avx2(const Shape& sh, const float* kp, const float* xp, int64_t plane, int64_t prow0,
-                       const float* prior, int64_t j0, const float* qv, const ColumnMasks<float, 8>& masks, int64_t t,
-                       Rows rows, float* e, float* inv, float* yrow, int64_t mc) {
-  const float* valid = masks.valid.data() + t * sh.k * 8;
-  const float* lane = masks.lane.data() + t * 8;
+template <typename V, int PHI, bool UNIT>
+bool forward_tile_vec(const Shape& sh, const float* kp, const float* xp, int64_t plane, int64_t prow0,
+                      const float* prior, int64_t j0, const float* qv, const ColumnMasks<float, V::N>& masks,
+                      int64_t t, Rows rows, float* e, float* inv, float* yrow, int64_t mc) {
+  constexpr int N = V::N;
+  const float* valid = masks.valid.data() + t * sh.k * N;
+  const float* lane = masks.lane.data() + t * N;
   const bool border = !masks.interior[t];
   float* out[8];
   for (int cc = 0; cc < 8; ++cc) out[cc] = yrow + std::min<int64_t>(cc, mc - 1) * sh.Ho * sh.Wo;
   const int cb = mc >= 8 ? 8 : mc >= 4 ? 4 : mc >= 2 ? 2 : 1;
   bool ok;
-#define LRPROF_FUSED(CB, KEEP)                                                                              \
-  ok = border ? tile_fused_avx2<PHI, true, CB, KEEP, UNIT>(sh, kp, xp, plane, prow0, prior, j0, qv, valid, lane,   \
-                                                           rows, e, inv, out)                                        \
-              : tile_fused_avx2<PHI, false, CB, KEEP, UNIT>(sh, kp, xp, plane, prow0, prior, j0, qv, valid, lane,  \
-                                                            rows, e, inv, out)
+#define LRPROF_FUSED(CB, KEEP)                                                                                   \
+  ok = border ? tile_fused_vec<V, PHI, true, CB, KEEP, UNIT>(sh, kp, xp, plane, prow0, prior, j0, qv, valid, lane, \
+                                                             rows, e, inv, out)                                     \
+              : tile_fused_vec<V, PHI, false, CB, KEEP, UNIT>(sh, kp, xp, plane, prow0, prior, j0, qv, valid,      \
+                                                              lane, rows, e, inv, out)
   if (cb == mc) {  // the whole group in registers: e is not kept
     switch (cb) {
       case 8: LRPROF_FUSED(8, false); break;
@@ -570,12 +690,11 @@ bool forward_tile_avx2(const Shape& sh, const float* kp, const float* xp, int64_
 #undef LRPROF_FUSED
   if (!ok) return false;
   int64_t c = cb;
-  for (; c + 8 <= mc; c += 8) aggregate_block<float, PHI, 8, 8>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
-  for (; c + 4 <= mc; c += 4) aggregate_block<float, PHI, 8, 4>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
-  for (; c < mc; ++c) aggregate_block<float, PHI, 8, 1>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
+  for (; c + 8 <= mc; c += 8) aggregate_block<float, PHI, N, 8>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
+  for (; c + 4 <= mc; c += 4) aggregate_block<float, PHI, N, 4>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
+  for (; c < mc; ++c) aggregate_block<float, PHI, N, 1>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
   return true;
 }
-#endif
 
 // Tasks handed out one at a time to whichever thread is free (OpenMP's dynamic schedule):
 // on a machine shared with other processes, a thread that loses its core does not hold the
@@ -637,16 +756,15 @@ void forward_impl(const Shape& sh, const T* x, const T* query, const T* key, con
         for (int64_t t = 0; t < sh.tiles; ++t) {
           const int64_t j0 = t * TILE;
           load_lanes<T, TILE>(qrow, qv, j0, sh.Wo);
-#ifdef LRPROF_AVX2
-          if constexpr (std::is_same_v<T, float> && TILE == 8) {
+          if constexpr (has_vec<T, TILE>()) {
+            using V = VecOf<TILE>;
             const bool done =
-                sh.s == 1 ? forward_tile_avx2<PHI, true>(sh, kp, xp, plane, prow0, prior + g * sh.K2, j0, qv, masks, t,
-                                                         rows, e, inv, yrow, mc)
-                          : forward_tile_avx2<PHI, false>(sh, kp, xp, plane, prow0, prior + g * sh.K2, j0, qv, masks, t,
-                                                          rows, e, inv, yrow, mc);
+                sh.s == 1 ? forward_tile_vec<V, PHI, true>(sh, kp, xp, plane, prow0, prior + g * sh.K2, j0, qv, masks,
+                                                           t, rows, e, inv, yrow, mc)
+                          : forward_tile_vec<V, PHI, false>(sh, kp, xp, plane, prow0, prior + g * sh.K2, j0, qv,
+                                                            masks, t, rows, e, inv, yrow, mc);
             if (done) continue;
           }
-#endif
           tile_exps_any<T, PHI, TILE>(sh, kp, prow0, prior + g * sh.K2, j0, qv, masks, t, rows, e, inv);
           int64_t c = 0;
           for (; c + 8 <= mc; c += 8) aggregate_block<T, PHI, TILE, 8>(sh, xp, plane, prow0, e, inv, j0, rows, yrow, c);
@@ -658,6 +776,89 @@ void forward_impl(const Shape& sh, const T* x, const T* query, const T* key, con
   });
 }
 
+#ifdef LRPROF_AVX512
+// The backward's tile for float, stride 1, 16 lanes, 3 <= k <= 17: grad_x and grad_key are
+// scatters into overlapping windows of a padded row (position dj adds to columns dj ..
+// dj + 15), which as memory updates would chain every store into the next load. Here the
+// contributions of a window row are gathered in two registers (columns 0-15 and 16-31 of
+// the row: each position's vector rotated by dj lanes, vpermps, and added under a mask),
+// and the row is updated in memory once. Sums dw (K2 x 16), dsum, dquery (dqv), dprior.
+template <int PHI>
+void backward_tile_v16(const Shape& sh, const float* __restrict__ xp, float* __restrict__ dxp,
+                       const float* __restrict__ kp, float* __restrict__ dkp, int64_t plane, int64_t prow0, int64_t j0,
+                       Rows rows, const float* __restrict__ w, float* __restrict__ dw, const float* __restrict__ dyv,
+                       const float* __restrict__ qv, float* __restrict__ dqv, float* __restrict__ dprior, int64_t mc) {
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  auto rotate = [&](__m512 v, int64_t dj) {  // lane i <- v[(i - dj) mod 16]
+    return _mm512_permutexvar_ps(_mm512_and_si512(_mm512_sub_epi32(iota, _mm512_set1_epi32(static_cast<int>(dj))),
+                                                  _mm512_set1_epi32(15)),
+                                 v);
+  };
+  auto scatter_row = [&](float* row, const __m512& lo, const __m512& hi) {
+    _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), lo));
+    _mm512_storeu_ps(row + 16, _mm512_add_ps(_mm512_loadu_ps(row + 16), hi));
+  };
+  __m512 dsum = _mm512_setzero_ps();
+  for (int64_t di = rows.lo; di < rows.hi; ++di) {
+    const int64_t off = (prow0 + di) * sh.Wp + j0;
+    float* dwrow = dw + di * sh.k * 16;
+    const float* wrow = w + di * sh.k * 16;
+    for (int64_t o = 0; o < sh.k * 16; o += 16) _mm512_store_ps(dwrow + o, _mm512_setzero_ps());
+    for (int64_t c = 0; c < mc; ++c) {
+      const __m512 dy = _mm512_load_ps(dyv + c * 16);
+      const float* xr = xp + c * plane + off;
+      __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+      for (int64_t dj = 0; dj < sh.k; ++dj) {
+        float* dwv = dwrow + dj * 16;
+        _mm512_store_ps(dwv, _mm512_fmadd_ps(dy, _mm512_loadu_ps(xr + dj), _mm512_load_ps(dwv)));
+        const __m512 p = rotate(_mm512_mul_ps(_mm512_load_ps(wrow + dj * 16), dy), dj);
+        const __mmask16 low = static_cast<__mmask16>(0xFFFFu << dj);
+        lo = _mm512_mask_add_ps(lo, low, lo, p);
+        hi = _mm512_mask_add_ps(hi, static_cast<__mmask16>(~low), hi, p);
+      }
+      scatter_row(dxp + c * plane + off, lo, hi);
+    }
+    for (int64_t o = 0; o < sh.k * 16; o += 16)
+      dsum = _mm512_fmadd_ps(_mm512_load_ps(wrow + o), _mm512_load_ps(dwrow + o), dsum);
+  }
+  // softmax backward, then the composability's gradients to query and key
+  const __m512 q = _mm512_load_ps(qv);
+  __m512 dq = _mm512_setzero_ps();
+  for (int64_t di = rows.lo; di < rows.hi; ++di) {
+    const int64_t off = (prow0 + di) * sh.Wp + j0;
+    __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+    for (int64_t dj = 0; dj < sh.k; ++dj) {
+      const int64_t o = di * sh.k + dj;
+      const __m512 dl = _mm512_mul_ps(_mm512_load_ps(w + o * 16), _mm512_sub_ps(_mm512_load_ps(dw + o * 16), dsum));
+      const __m512 kv = _mm512_loadu_ps(kp + off + dj);
+      __m512 gq, gk;
+      if constexpr (PHI == SQDIFF) {
+        gk = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(2.0f), _mm512_sub_ps(q, kv)), dl);
+        gq = _mm512_sub_ps(_mm512_setzero_ps(), gk);
+      } else if constexpr (PHI == ABSDIFF) {
+        const __m512 d = _mm512_sub_ps(q, kv);
+        __m512 sign = _mm512_mask_mov_ps(_mm512_setzero_ps(), _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_GT_OQ),
+                                         _mm512_set1_ps(1.0f));
+        sign = _mm512_mask_mov_ps(sign, _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_set1_ps(-1.0f));
+        gk = _mm512_mul_ps(sign, dl);
+        gq = _mm512_sub_ps(_mm512_setzero_ps(), gk);
+      } else {
+        gq = _mm512_mul_ps(kv, dl);
+        gk = _mm512_mul_ps(q, dl);
+      }
+      dq = _mm512_add_ps(dq, gq);
+      const __m512 p = rotate(gk, dj);
+      const __mmask16 low = static_cast<__mmask16>(0xFFFFu << dj);
+      lo = _mm512_mask_add_ps(lo, low, lo, p);
+      hi = _mm512_mask_add_ps(hi, static_cast<__mmask16>(~low), hi, p);
+      dprior[o] += _mm512_reduce_add_ps(dl);
+    }
+    scatter_row(dkp + off, lo, hi);
+  }
+  _mm512_store_ps(dqv, dq);
+}
+#endif
+
 template <typename T, int PHI, int TILE>
 void backward_impl(const Shape& sh, const T* dy, const T* x, const T* query, const T* key, const T* prior,
                    T* dx, T* dquery, T* dkey, T* dprior_parts) {
@@ -667,6 +868,8 @@ void backward_impl(const Shape& sh, const T* dy, const T* x, const T* query, con
   const int64_t Hp = std::max((sh.Ho - 1) * sh.s + sh.k, sh.H + sh.r);
   const int64_t plane = Hp * sh.Wp;
   const int64_t per_thread = (2 * sh.m + 2) * plane + 2 * sh.K2 * TILE + (sh.m + 4) * TILE;
+  const bool fast_rows = sh.s == 1 && sh.k >= 3 && sh.k <= 15;  // backward_tile_v16's case (AVX-512)
+  (void)fast_rows;
   at::Tensor scratch = at::empty({threads, per_thread}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   T* scratch0 = scratch.data_ptr<T>();
   const ColumnMasks<T, TILE> masks(sh);
@@ -715,6 +918,16 @@ void backward_impl(const Shape& sh, const T* dy, const T* x, const T* query, con
           for (int64_t c = 0; c < mc; ++c) {
             load_lanes<T, TILE>(dy + ((b * sh.C + c0 + c) * sh.Ho + i) * sh.Wo, dyv + c * TILE, j0, sh.Wo);
           }
+#ifdef LRPROF_AVX512
+          if constexpr (has_vec<T, TILE>() && TILE == 16) {
+            if (fast_rows) {
+              backward_tile_v16<PHI>(sh, xp, dxp, kp, dkp, plane, prow0, j0, rows, w, dw, dyv, qv, dqv, dprior, mc);
+              T* dqrow = dquery + ((b * sh.G + g) * sh.Ho + i) * sh.Wo;
+              for (int64_t jj = 0; jj < std::min<int64_t>(TILE, sh.Wo - j0); ++jj) dqrow[j0 + jj] = dqv[jj];
+              continue;
+            }
+          }
+#endif
           for (int jj = 0; jj < TILE; ++jj) {
             dsum[jj] = T(0);
             dqv[jj] = T(0);
@@ -822,6 +1035,32 @@ constexpr int tile_of() {
   return 32 / static_cast<int>(sizeof(T));  // one AVX2 register: 8 floats, 4 doubles
 }
 
+// The forward's tile width for float: 16 lanes (one AVX-512 register) where compiled,
+// unless it pads the rows by over a quarter more than 8 lanes would (Wo = 7: 16 lanes
+// for 7 columns), else 8; at Wo = 56 the 16-lane path is faster despite its padding. LRPROF_FUSED_TILE=8 or 16 in the environment forces one (tests, benchmarks).
+int64_t float_tile(int64_t Wo) {
+  int64_t forced = 0;
+  if (const char* env = std::getenv("LRPROF_FUSED_TILE")) forced = std::atoi(env);
+#ifdef LRPROF_AVX512
+  if (forced == 16) return 16;
+  if (forced == 8) return 8;
+  return 4 * ((Wo + 15) / 16 * 16) <= 5 * ((Wo + 7) / 8 * 8) ? 16 : 8;
+#else
+  (void)Wo;
+  return 8;
+#endif
+}
+
+template <typename T, int TILE>
+void forward_of(const at::Tensor& x, const at::Tensor& query, const at::Tensor& key, const at::Tensor& prior,
+                int64_t k, int64_t m, int64_t stride, int code, at::Tensor& y) {
+  const Shape sh = make_shape<TILE>(x, query, k, m, stride);
+  with_phi(code, [&](auto phi_c) {
+    forward_impl<T, decltype(phi_c)::value, TILE>(sh, x.data_ptr<T>(), query.data_ptr<T>(), key.data_ptr<T>(),
+                                                  prior.data_ptr<T>(), y.data_ptr<T>());
+  });
+}
+
 at::Tensor relation(const at::Tensor& x_, const at::Tensor& query_, const at::Tensor& key_,
                     const at::Tensor& prior_, int64_t k, int64_t m, int64_t stride, c10::string_view phi) {
   check_inputs(x_, query_, key_, prior_, k, m, stride);
@@ -830,15 +1069,99 @@ at::Tensor relation(const at::Tensor& x_, const at::Tensor& query_, const at::Te
                    prior = prior_.contiguous();
   at::Tensor y = at::empty({x.size(0), x.size(1), query.size(2), query.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrprof_fused::relation", [&] {
-    constexpr int TILE = tile_of<scalar_t>();
-    const Shape sh = make_shape<TILE>(x, query, k, m, stride);
-    with_phi(code, [&](auto phi_c) {
-      forward_impl<scalar_t, decltype(phi_c)::value, TILE>(
-          sh, x.data_ptr<scalar_t>(), query.data_ptr<scalar_t>(), key.data_ptr<scalar_t>(),
-          prior.data_ptr<scalar_t>(), y.data_ptr<scalar_t>());
-    });
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (float_tile(query.size(3)) == 16) {
+        forward_of<float, 16>(x, query, key, prior, k, m, stride, code, y);
+      } else {
+        forward_of<float, 8>(x, query, key, prior, k, m, stride, code, y);
+      }
+    } else {
+      forward_of<scalar_t, tile_of<scalar_t>()>(x, query, key, prior, k, m, stride, code, y);
+    }
   });
   return y;
+}
+
+// Micro-benchmarks of this build's ceilings on the CPU, on at::get_num_threads() threads:
+// `fma`: FLOP/s (2 per lane) of 12 independent fused multiply-add chains per thread in
+// registers, nothing loaded; `exp`: exponentials per second of the kernel's own vector
+// exp2 over a 4096-float buffer per thread (L1 resident), stored to a second buffer.
+// Each thread runs `reps` rounds; the rate is over the wall time of the parallel region.
+#if defined(LRPROF_AVX512)
+using VBest = V16;
+#elif defined(LRPROF_AVX2)
+using VBest = V8;
+#else
+using VBest = NoVec;
+#endif
+
+double peak(c10::string_view what, int64_t reps) {
+  const bool fma = what == "fma";
+  TORCH_CHECK(fma || what == "exp", "peak: fma or exp, got ", std::string(what));
+  TORCH_CHECK(reps >= 1, "peak: reps >= 1");
+  constexpr int64_t kBuf = 4096;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  std::vector<float> sink(threads * 16, 0.0f);
+  double per_thread = 0;
+  const auto started = std::chrono::steady_clock::now();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(static_cast<int>(threads))
+#endif
+  {
+#ifdef _OPENMP
+    const int64_t thread = omp_get_thread_num();
+#else
+    const int64_t thread = 0;
+#endif
+    float total = 0.0f;
+#if defined(LRPROF_AVX2) || defined(LRPROF_AVX512)
+    {
+      using V = VBest;
+      if (fma) {
+        typename V::R acc[12];
+        for (int u = 0; u < 12; ++u) acc[u] = V::set1(0.001f * static_cast<float>(u + thread));
+        const auto a = V::set1(0.999999f), b = V::set1(1e-7f);
+        for (int64_t i = 0; i < reps * 1024; ++i) {
+#pragma GCC unroll 12
+          for (int u = 0; u < 12; ++u) acc[u] = V::fmadd(acc[u], a, b);
+        }
+        alignas(64) float lanes[V::N];
+        for (int u = 1; u < 12; ++u) acc[0] = V::add(acc[0], acc[u]);
+        V::store(lanes, acc[0]);
+        total = lanes[0];
+        if (thread == 0) per_thread = 2.0 * V::N * 12 * reps * 1024;
+      } else {
+        std::vector<float> in(kBuf), out(kBuf);
+        for (int64_t i = 0; i < kBuf; ++i) in[i] = -20.0f * static_cast<float>(i) / kBuf;
+        for (int64_t rep = 0; rep < reps; ++rep) {
+          for (int64_t i = 0; i < kBuf; i += V::N) V::store(&out[i], V::exp2(V::load(&in[i])));
+          total += out[rep % kBuf];
+        }
+        if (thread == 0) per_thread = static_cast<double>(kBuf) * reps;
+      }
+    }
+#else  // the scalar build: the same loops, as the compiler vectorises them
+    {
+      std::vector<float> in(kBuf), out(kBuf);
+      for (int64_t i = 0; i < kBuf; ++i) in[i] = -20.0f * static_cast<float>(i) / kBuf;
+      for (int64_t rep = 0; rep < reps; ++rep) {
+        for (int64_t i = 0; i < kBuf; ++i) out[i] = fma ? in[i] * 0.999f + out[i] : exp2_clamped(in[i]);
+        total += out[rep % kBuf];
+      }
+      if (thread == 0) per_thread = (fma ? 2.0 : 1.0) * kBuf * reps;
+    }
+#endif
+    sink[thread * 16] = total;
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  volatile float keep = sink[0];
+  (void)keep;
+  return per_thread * threads / seconds;
+}
+
+// What the forward compiled to and runs: "avx512 tile=16" and the like.
+std::string path(int64_t width) {
+  return std::string(isa()) + " tile=" + std::to_string(float_tile(width));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> relation_backward(
@@ -854,14 +1177,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> relation_backward(
   at::Tensor dx = at::empty_like(x), dquery = at::empty_like(query), dkey = at::empty_like(key);
   at::Tensor parts = at::empty({x.size(0) * query.size(1), k * k}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrprof_fused::relation_backward", [&] {
-    constexpr int TILE = tile_of<scalar_t>();
-    const Shape sh = make_shape<TILE>(x, query, k, m, stride);
-    with_phi(code, [&](auto phi_c) {
-      backward_impl<scalar_t, decltype(phi_c)::value, TILE>(
-          sh, grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), query.data_ptr<scalar_t>(),
-          key.data_ptr<scalar_t>(), prior.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
-          dquery.data_ptr<scalar_t>(), dkey.data_ptr<scalar_t>(), parts.data_ptr<scalar_t>());
-    });
+    auto run = [&](auto tile_c) {
+      constexpr int TILE = decltype(tile_c)::value;
+      const Shape sh = make_shape<TILE>(x, query, k, m, stride);
+      with_phi(code, [&](auto phi_c) {
+        backward_impl<scalar_t, decltype(phi_c)::value, TILE>(
+            sh, grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), query.data_ptr<scalar_t>(),
+            key.data_ptr<scalar_t>(), prior.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
+            dquery.data_ptr<scalar_t>(), dkey.data_ptr<scalar_t>(), parts.data_ptr<scalar_t>());
+      });
+    };
+    if constexpr (std::is_same_v<scalar_t, float>) {  // the forward's tile width (float_tile)
+      if (float_tile(query.size(3)) == 16) {
+        run(std::integral_constant<int, 16>{});
+      } else {
+        run(std::integral_constant<int, 8>{});
+      }
+    } else {
+      run(std::integral_constant<int, tile_of<scalar_t>()>{});
+    }
   });
   // the per-(batch, group) parts of grad_prior, summed over the batch
   at::Tensor dprior = at::zeros_like(prior);
@@ -879,6 +1213,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> relation_backward(
 
 TORCH_LIBRARY(lrprof_fused, lib) {
   lib.def("relation(Tensor x, Tensor query, Tensor key, Tensor prior, int k, int m, int stride, str phi) -> Tensor");
+  lib.def("isa() -> str", [] { return std::string(isa()); });
+  lib.def("path(int width) -> str", &path);
+  lib.def("peak(str what, int reps) -> float", &peak);
   lib.def(
       "relation_backward(Tensor grad, Tensor x, Tensor query, Tensor key, Tensor prior, int k, int m, "
       "int stride, str phi) -> (Tensor, Tensor, Tensor, Tensor)");

@@ -4,11 +4,17 @@ torch's default extension directory), the build time reported once.
 
 Tasks of (image, group of m channels, block of output rows), about 8 per thread, handed
 out dynamically: a zero-padded copy of the block's rows of the group's m input planes and
-of its key plane in a per-thread scratch, then per output row and tile of 8 (float) or 4
-(double) columns the logits of the k^2 window positions, their exponentials and the
-aggregation of the m channels, all from cache; nothing of size k^2 * H'W' is written to
-memory. Positions outside the image get weight exactly 0. See the .cpp for the details
-(the exponential, the one-sweep softmax and its exact fallback, the stride-s layout).
+of its key plane in a per-thread scratch, then per output row and tile of 16 (float with
+AVX-512), 8 (float with AVX2, or narrow maps) or 4 (double) columns the logits of the k^2
+window positions, their exponentials and the aggregation of the m channels, all from
+cache; nothing of size k^2 * H'W' is written to memory. Positions outside the image get
+weight exactly 0. The vector path is chosen at build time (-march=native): `isa()` says
+which was compiled, `expected_isa` which this CPU's flags call for. See the .cpp for the
+details (the exponential, the one-sweep softmax and its exact fallback, the stride-s
+layout, the stem's m = 1 path, the backward's register-gathered scatters).
+
+The build happens once per machine and source (see `load`): later processes load the
+cached library directly; `builds()` counts the compilations into a build directory.
 
 The kernels are dispatcher ops, `lrprof_fused::relation` and
 `lrprof_fused::relation_backward`, with fake implementations and an autograd formula
@@ -17,6 +23,8 @@ registered here, and a counting rule each: lrprof's counter sees them by name.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import platform
@@ -36,6 +44,7 @@ CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fno-math-e
 LDFLAGS = ("-fopenmp",)
 FORWARD, BACKWARD = "lrprof_fused::relation", "lrprof_fused::relation_backward"
 DTYPES = ("float32", "float64")
+LOCK, BUILDS = "lrprof.lock", "builds.log"  # in the build directory: the build lock, one line per build
 
 
 class _Build:
@@ -92,7 +101,15 @@ def unavailable(device: torch.device, dtype: str) -> str | None:
 
 
 def load() -> None:
-    """Build (or find in the cache) and load the extension, once per process."""
+    """Build (or find in the cache) and load the extension, once per process.
+
+    Once per machine and source: the first process to get `lrprof.lock` (an flock, which the
+    kernel drops when its holder dies, so a killed build never leaves it held) builds with
+    cpp_extension and then writes the `<name>.ok` stamp; every later process, and every
+    process that waited on that lock, finds the stamp and loads the library directly,
+    without ninja or a compiler. A directory without the stamp holds no finished build (a
+    build killed part-way leaves torch's own `lock` file, which would make cpp_extension
+    wait forever, and half-written objects): it is emptied and built afresh."""
     if _BUILD.loaded:
         return
     with _BUILD.lock:
@@ -100,27 +117,117 @@ def load() -> None:
             return
         if _BUILD.error is not None:
             raise RuntimeError(f"the fused C++ extension failed to build: {_BUILD.error}")
-        from torch.utils import cpp_extension
-
         name = extension_name()
-        root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
-        directory = os.path.join(root, name)
-        os.makedirs(directory, exist_ok=True)
-        cached = os.path.exists(os.path.join(directory, f"{name}.so"))
+        directory = build_directory(name)
         started = time.perf_counter()
         try:
-            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
-                               extra_ldflags=list(LDFLAGS), build_directory=directory,
-                               is_python_module=False, verbose=False)
+            built = _load_or_build(name, directory)
         except Exception as exc:  # a missing or broken compiler: this implementation is out
             first = str(exc).strip().splitlines()
             _BUILD.error = f"{type(exc).__name__}: {first[0] if first else ''}"[:300]
             raise
         _BUILD.seconds = time.perf_counter() - started
-        _BUILD.built = not cached
+        _BUILD.built = built
         _BUILD.directory = directory
         _register_python_side()
         _BUILD.loaded = True
+
+
+def loaded() -> bool:
+    """Whether this process has loaded the extension (never builds)."""
+    return _BUILD.loaded
+
+
+def build_directory(name: str) -> str:
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    return os.path.join(root, name)
+
+
+def _load_or_build(name: str, directory: str) -> bool:
+    """Load the cached library, or build it under the directory's lock; True if built here."""
+    os.makedirs(directory, exist_ok=True)
+    library, stamp = os.path.join(directory, f"{name}.so"), os.path.join(directory, f"{name}.ok")
+    if os.path.exists(stamp) and os.path.exists(library):
+        torch.ops.load_library(library)
+        return False
+    with open(os.path.join(directory, LOCK), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # waits for a build in another process
+        try:
+            if os.path.exists(stamp) and os.path.exists(library):
+                torch.ops.load_library(library)
+                return False
+            recover(directory)
+            from torch.utils import cpp_extension
+
+            started = time.perf_counter()
+            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                               extra_ldflags=list(LDFLAGS), build_directory=directory,
+                               is_python_module=False, verbose=False)
+            with open(os.path.join(directory, BUILDS), "a") as log:
+                log.write(f"{os.getpid()} {time.perf_counter() - started:.1f}\n")
+            with open(stamp + ".tmp", "w") as out:
+                out.write(f"{isa()}\n")
+            os.replace(stamp + ".tmp", stamp)
+            return True
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+
+
+def recover(directory: str) -> list[str]:
+    """Empty a build directory that holds no finished build (no stamp), keeping the lock and
+    the build log: torch's stale `lock` of a killed build, half-written objects. Returns
+    what it removed. Call with the directory's lock held."""
+    removed = []
+    for entry in sorted(os.listdir(directory)):
+        if entry in (LOCK, BUILDS):
+            continue
+        path = os.path.join(directory, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        removed.append(entry)
+    return removed
+
+
+def builds(directory: str | None = None) -> int:
+    """How many times the extension was compiled into `directory` (this source's, by default)."""
+    path = os.path.join(directory or build_directory(extension_name()), BUILDS)
+    if not os.path.exists(path):
+        return 0
+    with open(path) as log:
+        return sum(1 for line in log if line.strip())
+
+
+def isa() -> str:
+    """The vector path the loaded extension was compiled with: avx512, avx2 or scalar."""
+    return str(torch.ops.lrprof_fused.isa())
+
+
+def expected_isa(flags: set[str] | frozenset[str]) -> str:
+    """The path the .cpp compiles to under -march=native on a CPU with these /proc/cpuinfo
+    flags: AVX-512F first (16-lane tiles; then the 8-lane AVX2 path is compiled too and
+    picked per call for narrow maps), else AVX2 with FMA, else the scalar loops."""
+    if "avx512f" in flags:
+        return "avx512"
+    if {"avx2", "fma"} <= set(flags):
+        return "avx2"
+    return "scalar"
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def build_report() -> dict[str, Any]:
@@ -131,7 +238,7 @@ def build_report() -> dict[str, Any]:
         return {}
     _BUILD.reported = True
     what = "built" if _BUILD.built else "loaded from the cache"
-    return {"setup_s": _BUILD.seconds, "setup": f"C++ extension {what} in {_BUILD.seconds:.1f} s "
+    return {"setup_s": _BUILD.seconds, "setup": f"C++ extension ({isa()}) {what} in {_BUILD.seconds:.1f} s "
                                                f"({_BUILD.directory})"}
 
 
