@@ -1,4 +1,8 @@
-"""Rendering a `Report`: a terminal table, markdown, CSV and JSON, written atomically."""
+"""Rendering a `Report`: a terminal table, markdown, CSV and JSON, written atomically.
+
+The public renderers, one import away: `from lrprof.report import layer_report,
+render_markdown` (the report builders of each command are loaded on first use).
+"""
 
 from __future__ import annotations
 
@@ -248,3 +252,23 @@ def write_report(report: Report, paths: dict[str, Path]) -> list[Path]:
         write_atomic(path, RENDERERS[fmt_name](report))
         written.append(path)
     return written
+
+
+# report builder -> its module; loaded on first use (the builders import this module)
+_BUILDERS = {
+    "layer_report": "lrprof.report.layer",
+    "net_report": "lrprof.report.net",
+    "module_report": "lrprof.report.module",
+    "audit_report": "lrprof.report.audit",
+    "sweep_report": "lrprof.report.sweep",
+    "count_report": "lrprof.report.count",
+}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    module = _BUILDERS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lrprof.report' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
