@@ -278,6 +278,9 @@ def run_sweep(config: SweepConfig, out: Path, shard: Shard | None = None, resume
                     ok = outcome.record.error is None
                     run.failed += 0 if ok else 1
                     progress.advance(ok, spec_label(spec), _row_note(outcome), work[index])
+            except BaseException:  # an interrupt (or a bug): the worker goes at once
+                runner.close(kill=True)
+                raise
             finally:
                 run.restarts = runner.restarts
                 runner.close()
