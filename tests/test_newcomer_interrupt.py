@@ -5,6 +5,7 @@ the sweep takes its worker (and the resource tracker) with it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,10 +33,8 @@ def rows_in(path: Path) -> int:
         return 0
     count = 0
     for line in path.read_text().splitlines():
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             count += json.loads(line).get("type") == "row"
-        except json.JSONDecodeError:
-            pass
     return count
 
 
@@ -92,10 +91,8 @@ def test_item9_sweep_interrupt_keeps_a_partial_report_and_no_child(tmp_path, sig
         assert "**Partial report**: interrupted by " + name in (out / "sweep.md").read_text()
         assert group_gone(process.pid), "a child process of the sweep is still running"
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     # --resume afterwards loses nothing: it measures only the rows not kept
     again = start([*SWEEP, "--out", str(out), "--resume", "--min-time", "0.01"], tmp_path)
     _, err = again.communicate(timeout=600)
@@ -114,7 +111,5 @@ def test_item9_sweep_killed_takes_its_worker_along(tmp_path):
     try:
         assert group_gone(process.pid, timeout=10), "the worker outlived its killed sweep"
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
