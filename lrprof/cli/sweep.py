@@ -18,6 +18,7 @@ from lrprof.cli.app import (
     argv,
     on_interrupt,
     out_dir,
+    say,
     set_threads,
     write_sweep_report,
 )
@@ -229,8 +230,8 @@ def sweep(**options: Any) -> None:
         raise typer.Exit(_submit(config, plan, common, flags))
     out = out_dir(common["out"])
     if not flags["quiet"]:
-        typer.echo(f"lrprof: {len(plan.specs)} rows{f' (shard {shard})' if shard else ''}, "
-                   f"{len(plan.invalid)} invalid combination(s) skipped; rows go to {out}", err=True)
+        say(f"lrprof: {len(plan.specs)} rows{f' (shard {shard})' if shard else ''}, "
+            f"{len(plan.invalid)} invalid combination(s) skipped; rows go to {out}")
     on_interrupt(_keeper(out, shard, len(shard_indices(plan.specs, shard)) if shard else len(plan.specs)))
     run = run_sweep(config, out, shard, resume=flags["resume"], retry_failed=flags["retry_failed"],
                     allow_mixed=flags["allow_mixed"], quiet=flags["quiet"], plan=plan)
