@@ -139,10 +139,11 @@ def write_sweep_report(merged, out: Path | None, quiet: bool, plots: bool,
 
 
 def say(text: str) -> None:
-    """A message on stderr (a warning, a failed row), wrapped to the terminal's width."""
-    from lrprof.report import terminal_width, wrap
+    """A message on stderr (a warning, a failed row), wrapped to the terminal's width where
+    one is known (one line into a pipe or a log)."""
+    from lrprof.report import fit_lines
 
-    typer.echo(wrap(text, terminal_width(), "  "), err=True)
+    typer.echo(fit_lines(text), err=True)
 
 
 def noise_warnings(records) -> None:

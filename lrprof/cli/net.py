@@ -76,8 +76,8 @@ def net(
     for key, value in (("k", k), ("m", m), ("impl", impl)):
         if value is not None and name in known and key not in known[name].options:
             takes = ", ".join(n for n, d in known.items() if key in d.options) or "none"
-            raise SpecError(key, f"{name} has no layer this option sets (networks that take "
-                            f"--{key}: {takes})", value)
+            raise SpecError(key, f"not an option of {name}: it has no layer this option sets (networks "
+                            f"that take --{key}: {takes})", value)
     if impl is not None:
         _check_impl(impl, resolved, dtype)
     overrides = tuple((key, v) for key, v in (("k", k), ("m", m), ("impl", impl)) if v is not None)

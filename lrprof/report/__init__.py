@@ -178,6 +178,18 @@ def terminal_width() -> int:
     return shutil.get_terminal_size((120, 24)).columns
 
 
+def known_width() -> int | None:
+    """The terminal's width where one is known (COLUMNS, a terminal); None for a pipe or a
+    file, where a message stays on one line for whoever reads it by line."""
+    return shutil.get_terminal_size((0, 0)).columns or None
+
+
+def fit_lines(text: str, width: int | None = None, indent: str = "  ") -> str:
+    """`text` wrapped to `width`, or to the known width; whole where none is known."""
+    width = width or known_width()
+    return wrap(text, width, indent) if width else text
+
+
 def environment_lines(report: Report) -> list[str]:
     env = report.environment
     lines = [

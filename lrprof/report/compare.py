@@ -44,18 +44,17 @@ def render_text(c: Comparison, width: int | None = None) -> str:
     """For a terminal `width` columns wide (default: this terminal's): long row names and
     reasons shortened, the figures kept; the markdown, JSON and CSV keep everything."""
     from lrprof.record.records import Section
-    from lrprof.report import fitted_table, terminal_width, wrap
+    from lrprof.report import fit_lines, fitted_table, terminal_width
 
-    width = width or terminal_width()
-    lines = [wrap(f"warning: {w}", width, "  ") for w in c.warnings]
-    lines.append(wrap(verdict_line(c), width, "  "))
+    lines = [fit_lines(f"warning: {w}", width) for w in c.warnings]
+    lines.append(fit_lines(verdict_line(c), width))
     rows = table_rows(c, include_same=False)
     if rows:
         section = Section("", [dict(zip(HEADERS, row, strict=True)) for row in rows],
                           essential=("status", "row", "metric", "old", "new", "change", "why"),
                           shorten=("row", "why"))
-        lines.append(fitted_table(section, width)[0])
-    lines += [wrap(line, width, "  ") for line in _unmatched_lines(c) + _unreliable_lines(c)]
+        lines.append(fitted_table(section, width or terminal_width())[0])
+    lines += [fit_lines(line, width) for line in _unmatched_lines(c) + _unreliable_lines(c)]
     return "\n".join(lines)
 
 
