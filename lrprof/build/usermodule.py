@@ -159,6 +159,9 @@ def load_target(text: str) -> Target:
     sha = None
     if _is_path(where):
         path = Path(where).expanduser().resolve()
+        if path.is_dir():
+            raise SpecError("module", f"{TARGET_FORM}: {where} is a directory, not a Python file (name "
+                            "the .py file that defines the class)", text)
         if not path.is_file():
             raise SpecError("module", f"{TARGET_FORM}: no such file", where)
         module = _load_file(path)

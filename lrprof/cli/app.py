@@ -67,9 +67,20 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def _empty_out() -> bool:
+    """`--out ""` (or `--out=`): a Path of "" is ".", so the typed text is looked at."""
+    args = _invocation
+    for i, arg in enumerate(args):
+        if (arg == "--out" and i + 1 < len(args) and not args[i + 1].strip()) or arg.strip() == "--out=":
+            return True
+    return False
+
+
 def out_dir(out: Path | None) -> Path | None:
     from lrprof.report import check_writable
 
+    if out is not None and _empty_out():
+        raise SpecError("out", "a directory name, not empty (leave --out out for reports/)", "")
     check_writable(out if out is not None else Path("reports"))
     return out
 
@@ -92,7 +103,21 @@ def show(report, written: list[Path], quiet: bool) -> None:
 
     if not quiet:
         typer.echo(render_terminal(report))
-    typer.echo("wrote " + ", ".join(str(p) for p in written))
+    typer.echo(wrote_text(written))
+
+
+def wrote_text(written: list[Path]) -> str:
+    """'wrote A, B, C': one line, unless a terminal width is known (COLUMNS, a terminal) and
+    the line would pass it; then a path a line (a path itself is never broken)."""
+    import shutil
+    import textwrap
+
+    text = "wrote " + ", ".join(str(p) for p in written)
+    width = shutil.get_terminal_size((0, 0)).columns
+    if not width or len(text) <= width:
+        return text
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent="  ", break_long_words=False,
+                                   break_on_hyphens=False))
 
 
 def write_sweep_report(merged, out: Path | None, quiet: bool, plots: bool,
@@ -107,8 +132,8 @@ def write_sweep_report(merged, out: Path | None, quiet: bool, plots: bool,
     show(report, written, quiet)
     code = failures(merged.records)
     if merged.missing:
-        typer.echo(f"lrprof: {len(merged.missing)} grid row(s) missing from the rows files, e.g. "
-                   f"{merged.missing[0]}", err=True)
+        say(f"lrprof: {len(merged.missing)} grid row(s) missing from the rows files, e.g. "
+            f"{merged.missing[0]}")
         code = EXIT_FAILED
     return code
 
@@ -122,12 +147,20 @@ def cuda_only(flags: dict, device) -> None:
                             str(device))
 
 
+def say(text: str) -> None:
+    """A message on stderr (a warning, a failed row), wrapped to the terminal's width where
+    one is known (one line into a pipe or a log)."""
+    from lrprof.report import fit_lines
+
+    typer.echo(fit_lines(text), err=True)
+
+
 def noise_warnings(records) -> None:
-    """Oversubscription seen while timing: one stderr line each."""
+    """Oversubscription seen while timing: one stderr message each."""
     from lrprof.measure import noise
 
     for warning in noise.warnings(records):
-        typer.echo(f"lrprof: warning: {warning}", err=True)
+        say(f"lrprof: warning: {warning}")
 
 
 def failures(records) -> int:
@@ -135,10 +168,10 @@ def failures(records) -> int:
     failed = False
     for record in records:
         if record.error:
-            typer.echo(f"lrprof: {record.name}: {record.error}", err=True)
+            say(f"lrprof: {record.name}: {record.error}")
             failed = True
         if record.checks.get("failed"):
-            typer.echo(f"lrprof: {record.name}: check failed: {record.checks['verdict']}", err=True)
+            say(f"lrprof: {record.name}: check failed: {record.checks['verdict']}")
             failed = True
     return EXIT_FAILED if failed else EXIT_OK
 

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 import typer
 
 import lrprof.cli.helptext as helptext
-from lrprof.cli.app import EXIT_FAILED, EXIT_OK, app, argv, emit, out_dir, set_threads
+from lrprof.cli.app import EXIT_FAILED, EXIT_OK, app, argv, emit, out_dir, say, set_threads
 from lrprof.cli.byo import user_code
 from lrprof.cli.options import schema_options, shared
+from lrprof.spec.errors import SpecError
 
 HELP = """Audit your implementation of an operator against lrprof's.
 
@@ -62,6 +63,10 @@ def check(**options: Any) -> None:
     common = {name: options.pop(name) for name, *_ in COMMON}
     flags = {name: options.pop(name) for name, *_ in FLAGS}
     op_params = {name: value for name, value in options.items() if value is not None}
+    for name, value in op_params.items():
+        if isinstance(value, str) and ("," in value or ":" in value):
+            raise SpecError(name, "one value: check audits one configuration (layer and sweep take "
+                            "comma lists and ranges)", value)
     height, width = parse_size(common["size"])
     set_threads(common["threads"])
     device = resolve_device(common["device"])
@@ -77,9 +82,9 @@ def check(**options: Any) -> None:
     emit(audit_report(audit, argv()), out, flags["quiet"])
     for result in audit.results:
         if result.passed is False:
-            typer.echo(f"lrprof: check failed: {result.check}: {result.measured}", err=True)
+            say(f"lrprof: check failed: {result.check}: {result.measured}")
     raise typer.Exit(EXIT_FAILED if audit.failed else EXIT_OK)
 
 
-schema_options(check, COMMON, FLAGS, ARGUMENTS)
+schema_options(check, COMMON, FLAGS, ARGUMENTS, lists=False)
 app.command("check", help=HELP, epilog=helptext.CHECK)(check)

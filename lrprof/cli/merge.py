@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 import lrprof.cli.helptext as helptext
-from lrprof.cli.app import app, out_dir, write_sweep_report
+from lrprof.cli.app import app, out_dir, say, write_sweep_report
 
 
 @app.command(epilog=helptext.MERGE)
@@ -35,5 +35,5 @@ def merge(
         typer.echo(f"merged {len(merged.sources)} file(s): {len(merged.records)} of {merged.grid_size} "
                    f"grid rows, {len(merged.missing)} missing, {len(merged.duplicates)} measured twice")
     for warning in merged.warnings:
-        typer.echo(f"lrprof: warning: {warning}", err=True)
+        say(f"lrprof: warning: {warning}")
     raise typer.Exit(write_sweep_report(merged, out, quiet, plots))

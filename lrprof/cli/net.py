@@ -61,10 +61,11 @@ def net(
     from lrprof.spec.options import MeasureOptions
 
     if list_:
-        nets = list_nets()
-        width = max(len(n.name) for n in nets)
-        for net_def in nets:
-            typer.echo(f"{net_def.name:{width}s}  {net_def.summary}")
+        from lrprof.report import terminal_width, wrapped_table
+
+        table = wrapped_table([[n.name, n.summary] for n in list_nets()], ["network", "what"],
+                              terminal_width(), narrowest=26)
+        typer.echo(table)
         return
     if name is None:
         raise SpecError("net", "a network name (lrprof net --list shows them)", None)
@@ -81,6 +82,12 @@ def net(
     set_threads(threads)
     height, width = parse_size(size)
     resolved = resolve_device(device)
+    known = {n.name: n for n in list_nets()}
+    for key, value in (("k", k), ("m", m), ("impl", impl)):
+        if value is not None and name in known and key not in known[name].options:
+            takes = ", ".join(n for n, d in known.items() if key in d.options) or "none"
+            raise SpecError(key, f"not an option of {name}: it has no layer this option sets (networks "
+                            f"that take --{key}: {takes})", value)
     if impl is not None:
         _check_impl(impl, resolved, dtype)
     overrides = tuple((key, v) for key, v in (("k", k), ("m", m), ("impl", impl)) if v is not None)

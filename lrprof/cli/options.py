@@ -68,22 +68,31 @@ def operator_params() -> dict[str, Any]:
     found: dict[str, Any] = {}
     for op in list_ops():
         for param in op.schema.params:
-            entry = found.setdefault(param.name, {"param": param, "ops": [], "helps": []})
+            entry = found.setdefault(param.name, {"param": param, "ops": [], "helps": {}})
             if entry["param"].type is not param.type:
                 raise TypeError(f"parameter {param.name}: {op.name} declares {param.type.__name__}, "
                                 f"{entry['ops'][0]} {entry['param'].type.__name__}")
             entry["ops"].append(op.name)
-            if param.help not in entry["helps"]:
-                entry["helps"].append(param.help)
+            entry["helps"].setdefault(param.help, []).append(op.name)
     return found
+
+
+def operator_help(entry: dict[str, Any]) -> str:
+    """One option's help for the operators that take it: their help with their names; where
+    they mean different things, each text after the operators it belongs to, kept apart."""
+    helps: dict[str, list[str]] = entry["helps"]
+    if len(helps) == 1:
+        return f"{next(iter(helps))} [{', '.join(entry['ops'])}]"
+    return " | ".join(f"[{', '.join(ops)}] {text}" for text, ops in helps.items())
 
 
 def command_signature(common: list[tuple], flags: list[tuple],
                       arguments: tuple[inspect.Parameter, ...] = (),
-                      operators: bool = True) -> inspect.Signature:
+                      operators: bool = True, lists: bool = True) -> inspect.Signature:
     """The options of a command that takes every operator's parameters (`layer`, `sweep`):
     `common` entries are (name, type, default, help[, flag]), `flags` (name, flag, default, help);
-    `arguments` are positional parameters that come first (`check`'s class)."""
+    `arguments` are positional parameters that come first (`check`'s class); `lists`: the
+    operator options take comma lists (not `check`: one configuration)."""
     reserved = {name for name, *_ in common} | {name for name, *_ in flags}
     params = list(arguments) + [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
@@ -99,38 +108,39 @@ def command_signature(common: list[tuple], flags: list[tuple],
         if name in reserved:
             raise TypeError(f"operator parameter {name} clashes with a common option")
         param = entry["param"]
-        text = f"{'; '.join(entry['helps'])} [{', '.join(entry['ops'])}]"
+        text = operator_help(entry)
         if param.type is bool:
             option = typer.Option(f"{param.flag}/--no-{param.flag[2:]}", help=text, show_default=False)
             annotation = Annotated[bool | None, option]
         else:
-            annotation = Annotated[str | None, typer.Option(help=text + " (comma-separated for several)",
-                                                           show_default=False)]
+            text += " (comma-separated for several)" if lists else " (one value)"
+            annotation = Annotated[str | None, typer.Option(help=text, show_default=False)]
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=annotation))
     return inspect.Signature(params)
 
 
-_SCHEMA_COMMANDS: list[tuple[Any, list[tuple], list[tuple], tuple[inspect.Parameter, ...]]] = []
+_SCHEMA_COMMANDS: list[tuple[Any, list[tuple], list[tuple], tuple[inspect.Parameter, ...], bool]] = []
 
 
 def _apply(fn: Any, common: list[tuple], flags: list[tuple],
-           arguments: tuple[inspect.Parameter, ...] = (), operators: bool = True) -> None:
-    fn.__signature__ = command_signature(common, flags, arguments, operators)
+           arguments: tuple[inspect.Parameter, ...] = (), operators: bool = True, lists: bool = True) -> None:
+    fn.__signature__ = command_signature(common, flags, arguments, operators, lists)
     fn.__annotations__ = {name: p.annotation for name, p in fn.__signature__.parameters.items()}
 
 
 def schema_options(fn: Any, common: list[tuple], flags: list[tuple],
-                   arguments: tuple[inspect.Parameter, ...] = ()) -> Any:
+                   arguments: tuple[inspect.Parameter, ...] = (), lists: bool = True) -> Any:
     """Give a command its common options now, and one option per operator parameter once
-    `refresh` runs (the operators are imported then: `lrprof --help` need not import them)."""
-    _SCHEMA_COMMANDS.append((fn, common, flags, arguments))
-    _apply(fn, common, flags, arguments, operators=False)
+    `refresh` runs (the operators are imported then: `lrprof --help` need not import them);
+    `lists`: whether those take comma lists."""
+    _SCHEMA_COMMANDS.append((fn, common, flags, arguments, lists))
+    _apply(fn, common, flags, arguments, operators=False, lists=lists)
     return fn
 
 
 def refresh() -> None:
     """Options from the operators registered now (one registered after import, by a test or
     a user's package, gets its options on the next invocation)."""
-    for fn, common, flags, arguments in _SCHEMA_COMMANDS:
-        _apply(fn, common, flags, arguments)
+    for fn, common, flags, arguments, lists in _SCHEMA_COMMANDS:
+        _apply(fn, common, flags, arguments, lists=lists)

@@ -11,7 +11,17 @@ from typing import Any
 import typer
 
 import lrprof.cli.helptext as helptext
-from lrprof.cli.app import EXIT_FAILED, EXIT_OK, app, argv, out_dir, set_threads, write_sweep_report
+from lrprof.cli.app import (
+    EXIT_FAILED,
+    EXIT_OK,
+    app,
+    argv,
+    on_interrupt,
+    out_dir,
+    say,
+    set_threads,
+    write_sweep_report,
+)
 from lrprof.cli.options import LISTS, schema_options, shared
 from lrprof.spec.errors import InputError, SpecError
 
@@ -190,7 +200,7 @@ def _plan(config, slurm: bool):
 
 def sweep(**options: Any) -> None:
     from lrprof.sweep.merge import merge_rows
-    from lrprof.sweep.run import Shard, run_sweep
+    from lrprof.sweep.run import Shard, run_sweep, shard_indices
 
     common = {name: options.pop(name) for name, *_ in COMMON}
     flags = {name: options.pop(name) for name, *_ in FLAGS}
@@ -220,8 +230,9 @@ def sweep(**options: Any) -> None:
         raise typer.Exit(_submit(config, plan, common, flags))
     out = out_dir(common["out"])
     if not flags["quiet"]:
-        typer.echo(f"lrprof: {len(plan.specs)} rows{f' (shard {shard})' if shard else ''}, "
-                   f"{len(plan.invalid)} invalid combination(s) skipped; rows go to {out}", err=True)
+        say(f"lrprof: {len(plan.specs)} rows{f' (shard {shard})' if shard else ''}, "
+            f"{len(plan.invalid)} invalid combination(s) skipped; rows go to {out}")
+    on_interrupt(_keeper(out, shard, len(shard_indices(plan.specs, shard)) if shard else len(plan.specs)))
     run = run_sweep(config, out, shard, resume=flags["resume"], retry_failed=flags["retry_failed"],
                     allow_mixed=flags["allow_mixed"], quiet=flags["quiet"], plan=plan)
     if shard is not None:
@@ -232,6 +243,34 @@ def sweep(**options: Any) -> None:
     merged = merge_rows([run.path], allow_mixed=flags["allow_mixed"])
     wall = sum(line_wall for line_wall in _row_walls(run.path))
     raise typer.Exit(write_sweep_report(merged, out, flags["quiet"], flags["plots"], wall))
+
+
+def _keeper(out: Path, shard, total: int):
+    """On Ctrl-C or SIGTERM: the rows measured so far are already in the rows file (each
+    fsynced as it finished); a partial sweep report of them is written beside it (a shard
+    keeps its rows file only: `lrprof merge` reports the shards)."""
+
+    def keep(why: str) -> tuple[int, int, Path]:
+        from lrprof.report import report_paths
+        from lrprof.report.run import finish_sweep
+        from lrprof.sweep.fits import fit_records
+        from lrprof.sweep.merge import merge_rows
+        from lrprof.sweep.run import rows_path
+        from lrprof.sweep.store import read_rows
+
+        path = rows_path(out, shard)
+        if not path.is_file() or read_rows(path).header is None:
+            return 0, total, out
+        merged = merge_rows([path], allow_mixed=True)
+        if shard is not None:
+            return len(read_rows(path).rows), total, path
+        partial = {"interrupted_by": why, "rows_kept": len(merged.records), "rows_total": merged.grid_size,
+                   "not_measured": merged.missing}
+        finish_sweep(merged, fit_records(merged.records), report_paths("sweep", out), False, argv(),
+                     sum(_row_walls(path)), partial)
+        return len(merged.records), merged.grid_size, out
+
+    return keep
 
 
 def _row_walls(path: Path) -> list[float]:

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from lrprof.gate import stats as gate_stats
-from lrprof.gate.match import by_key, environment_warnings, timing_setups, unmatched_entry, unmatched_text
+from lrprof.gate.match import (
+    by_key,
+    environment_warnings,
+    timing_setups,
+    timing_warnings,
+    unmatched_entry,
+    unmatched_text,
+)
 from lrprof.measure import noise
 from lrprof.measure.memory import MemoryStats
 from lrprof.measure.timing import Stats
@@ -378,6 +385,7 @@ def compare(old_path: Path, new_path: Path, thresholds: Thresholds | None = None
         first = next((unmatched_text(e) for e in unmatched if e["in"] == "new"), "it has no rows")
         raise InputError(f"no row of {new_path} matches a row of {old_path} by configuration: "
                          f"{first}")
+    warnings += timing_warnings(old, new, [old_by_key[k] for k in matched], [new_by_key[k] for k in matched])
     old_side, new_side = _Side(old_path, old.by_name()), _Side(new_path, new.by_name())
     if thresholds.normalize == "baseline":
         warnings += _normalize_warnings(new, [new_by_key[k] for k in matched])

@@ -61,6 +61,46 @@ def timing_setups(records: list[Record]) -> set[str]:
     return {plural(s.threads, "thread") for r in records for s in r.latency.values() if s.threads}
 
 
+TIMING_FLAGS = ("--min-runs", "--min-time", "--warmup", "--repeat", "--threads")
+
+
+def _given(argv: list[str] | None) -> dict[str, str]:
+    """The timing options a command line gave ('--min-time 0.1' or '--min-time=0.1')."""
+    given: dict[str, str] = {}
+    argv = argv or []
+    for i, arg in enumerate(argv):
+        name, sep, value = arg.partition("=")
+        if name in TIMING_FLAGS:
+            given[name] = value if sep else (argv[i + 1] if i + 1 < len(argv) else "")
+    return given
+
+
+def _fewest_runs(records: list[Record]) -> int | None:
+    runs = [s.runs for r in records for s in r.latency.values() if s.runs]
+    return min(runs) if runs else None
+
+
+def _setup_text(loaded: Loaded, runs: int | None) -> str:
+    given = _given(loaded.argv)
+    flags = " ".join(f"{k} {v}" for k, v in given.items()) or "its default timing"
+    least = f", {plural(runs, 'timed run')} per row at least" if runs else ""
+    return f"lrprof {loaded.command}, {flags}{least}"
+
+
+def timing_warnings(old: Loaded, new: Loaded, old_rows: list[Record], new_rows: list[Record]) -> list[str]:
+    """Two reports timed under different settings (a sweep's lighter defaults against a
+    layer run, other --min-runs or --min-time): their latencies are not equally reliable,
+    and a verdict between them should say so."""
+    if not (old.command and new.command):  # a CSV report does not say how it was made
+        return []
+    if old.command == new.command and _given(old.argv) == _given(new.argv):
+        return []
+    old_runs, new_runs = _fewest_runs(old_rows), _fewest_runs(new_rows)
+    return [f"the two reports were timed differently: old {_setup_text(old, old_runs)}; new "
+            f"{_setup_text(new, new_runs)} (compare reports made with the same command and timing "
+            "options)"]
+
+
 def environment_warnings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     warnings = []
     for key, label in (("device", "device"), ("device_name", "device model"),

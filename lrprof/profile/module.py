@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from lrprof.build.usermodule import (
+    ModuleFailure,
     ModuleSpec,
     build_module,
     check_arguments,
@@ -86,6 +87,10 @@ def _part_name(name: str) -> str:
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
     return next((t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)), None)
+
+
+def _kind(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__name__} with no tensor in it"
 
 
 def count_module(record: Record, module: nn.Module, inputs: Sequence[Any], options: MeasureOptions) -> None:
@@ -184,6 +189,9 @@ def profile_instance(module: nn.Module, inputs: Sequence[Any], options: MeasureO
                       torch.device("cpu"))
     name = what or type(eager_module(module)).__name__
     output = run_once(module, inputs, name)  # the user's failure: ModuleFailure, before anything
+    if _first_tensor(output) is None:  # nothing to time a backward through, nothing to check
+        raise ModuleFailure(f"running {name}: forward returned {_kind(output)}, not a tensor: lrprof "
+                            "measures a module whose forward returns its output tensor(s)")
     if record is None:
         shapes = ",".join("x".join(map(str, t.shape)) for t in inputs if isinstance(t, torch.Tensor))
         record = Record(kind="module", name=f"{name} {shapes}",

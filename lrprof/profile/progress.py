@@ -34,6 +34,26 @@ def duration_text(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _fitted(head: str, note: str, tail: str, short_tail: str) -> str:
+    """A progress line within the known width (COLUMNS, a terminal; else whole): the short
+    tail first, then the note (figures, a reason) shortened, then the label cut in its
+    middle (its end tells rows apart: their sizes)."""
+    import shutil
+
+    width = shutil.get_terminal_size((0, 0)).columns
+    if not width or len(head + note + tail) <= width:
+        return head + note + tail
+    if len(head + note + short_tail) <= width:
+        return head + note + short_tail
+    room = width - len(head) - len(short_tail)
+    if note and room >= 10:
+        return head + note[:room - 2] + "…)" + short_tail
+    room = width - len(short_tail)
+    if room < 24:
+        return (head + note + short_tail)[:width]
+    return head[:room - 15] + "…" + head[-14:] + short_tail
+
+
 class Progress:
     """A progress reporter; use it as a context manager. `stream` defaults to stderr."""
 
@@ -160,10 +180,11 @@ class Progress:
             return
         width = len(str(self.total))
         status = "ok" if ok else "FAILED"
-        self._line(f"[{self.done:>{width}}/{self.total}] {status} {label}"
-                   + (f" ({note})" if note else "")
-                   + f" | {self.failed} failed | elapsed {duration_text(self.elapsed_s())} | "
-                   f"ETA {duration_text(self.eta_s())}")
+        eta = duration_text(self.eta_s())
+        self._line(_fitted(f"[{self.done:>{width}}/{self.total}] {status} {label}",
+                           f" ({note})" if note else "",
+                           f" | {self.failed} failed | elapsed {duration_text(self.elapsed_s())} | ETA {eta}",
+                           f" | {self.failed} failed | ETA {eta}"))
 
     def message(self, text: str) -> None:
         """A line of its own (a worker restart, a warning), above the bar on a terminal."""
@@ -207,6 +228,12 @@ class Progress:
                                         **self._fields())
 
     def _line(self, text: str) -> None:
+        """One plain line; where a width is known (COLUMNS, a terminal), cut to fit it."""
+        import shutil
+
+        width = shutil.get_terminal_size((0, 0)).columns
+        if width and len(text) > width:
+            text = text[:width - 1] + "…"
         try:
             self.stream.write(text + "\n")
             self.stream.flush()

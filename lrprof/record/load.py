@@ -20,6 +20,8 @@ class Loaded:
     records: list[Record]
     environment: dict[str, Any]
     partial: str | None = None  # why the report is incomplete, if it is
+    command: str | None = None  # the command that wrote it (JSON reports), e.g. "layer", "sweep"
+    argv: list[str] | None = None  # its arguments (JSON reports)
 
     def by_name(self) -> dict[str, Record]:
         found: dict[str, Record] = {}
@@ -30,6 +32,10 @@ class Loaded:
 
 def load(path: Path) -> Loaded:
     """A report written by lrprof, as JSON or CSV; anything else is a one-line input error."""
+    if path.is_dir():
+        found = ", ".join(sorted(p.name for p in path.glob("*.json"))[:5]) or "none here"
+        raise InputError(f"{path}: a directory, not a report: name a report file in it (.json or .csv; "
+                         f"JSON reports there: {found})")
     if not path.is_file():
         raise InputError(f"{path}: no such report file")
     text = path.read_text(encoding="utf-8", errors="replace")
@@ -53,7 +59,10 @@ def load(path: Path) -> Loaded:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{path}: malformed lrprof report ({exc})") from None
         partial = data.get("partial")
-        return Loaded(path, records, env, partial_text(partial) if isinstance(partial, dict) else None)
+        argv = data.get("argv")
+        return Loaded(path, records, env, partial_text(partial) if isinstance(partial, dict) else None,
+                      data.get("command") if isinstance(data.get("command"), str) else None,
+                      [str(a) for a in argv] if isinstance(argv, list) else None)
     if path.suffix.lower() == ".csv":
         try:
             rows = list(csv.DictReader(text.splitlines()))

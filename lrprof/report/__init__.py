@@ -54,10 +54,10 @@ def terminal_table(rows: list[dict[str, Any]], headers: list[str], text_limit: i
     (a name, a verdict) shortened to `text_limit`; numbers are never cut."""
     body = [[fmt(row.get(h)) for h in headers] for row in rows]
     if text_limit is not None:
-        for line in body:
-            for i, h in enumerate(headers):
-                if h in cut and len(line[i]) > text_limit:
-                    line[i] = line[i][:text_limit - 1] + "…"
+        for i, h in enumerate(headers):
+            if h in cut:
+                for line, short in zip(body, shorten([line[i] for line in body], text_limit), strict=True):
+                    line[i] = short
     widths = [max([len(line[i]) for line in body] + [1]) for i in range(len(headers))]
     wrapped = [textwrap.wrap(h, max(HEADER_WRAP, w), break_on_hyphens=False, break_long_words=False) or [h]
                for h, w in zip(headers, widths, strict=True)]
@@ -67,6 +67,75 @@ def terminal_table(rows: list[dict[str, Any]], headers: list[str], text_limit: i
                     for lines, w in zip(wrapped, widths, strict=True)).rstrip() for d in range(depth)]
     out.append(GAP.join("-" * w for w in widths))
     out += [GAP.join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in body]
+    return "\n".join(out)
+
+
+def _end_cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _distinct(texts: list[str], shortened: list[str]) -> bool:
+    return len(set(shortened)) == len(set(texts))
+
+
+def _tail_cut(text: str, limit: int) -> str:
+    """The text's last words kept whole after a '…', its start before it."""
+    if len(text) <= limit:
+        return text
+    words = text.split(" ")
+    tail: list[str] = []
+    while len(words) > len(tail) + 1 and len(" ".join([words[-1 - len(tail)], *tail])) <= limit - 4:
+        tail.insert(0, words[-1 - len(tail)])
+    if not tail:
+        return _end_cut(text, limit)
+    end = " ".join(tail)
+    return text[:limit - len(end) - 2] + "… " + end
+
+
+def shorten(texts: list[str], limit: int) -> list[str]:
+    """Each text cut to at most `limit` characters, texts that differ still differing: cut at
+    the end where that keeps them apart; else the words every text shares (after the first:
+    the operator) dropped, so 'lr[unfold] k=3 m=8 s=1 C=64 28x28 B=1' and '... 56x56 B=1'
+    read 'lr[unfold] 28x28' and 'lr[unfold] 56x56', and the end kept after a '…' where
+    even those are too long."""
+    ends = [_end_cut(t, limit) for t in texts]
+    words = [t.split(" ") for t in texts]
+    shared = set(words[0][1:]).intersection(*(w[1:] for w in words[1:])) if words else set()
+    # the words shown whole: two texts apart only by a word the cut halved read alike
+    whole = [e.removesuffix("…").rsplit(" ", 1)[0] if e.endswith("…") else e for e in ends]
+    if _distinct(texts, whole):
+        return ends
+    kept = [" ".join([w[0]] + [x for x in w[1:] if x not in shared]) for w in words]
+    for candidate in ([_tail_cut(t, limit) for t in kept], ends, [_end_cut(t, limit) for t in kept]):
+        if _distinct(texts, candidate):
+            return candidate
+    for tail in range(min(8, limit - 2), limit - 1):  # the distinguishing characters at the end
+        head = limit - 1 - tail
+        middle = [t if len(t) <= limit else t[:head] + "…" + t[-tail:] for t in kept]
+        if _distinct(texts, middle):
+            return middle
+    return ends
+
+
+def wrapped_table(rows: list[list[str]], headers: list[str], width: int, narrowest: int = 8) -> str:
+    """A table of text (help, descriptions) for a terminal `width` columns wide: the widest
+    columns narrowed, their cells wrapped onto several lines, until it fits; nothing cut."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    while sum(widths) + len(GAP) * (len(widths) - 1) > width and max(widths) > narrowest:
+        widest = widths.index(max(widths))
+        widths[widest] -= 1
+
+    def lines(values: list[str]) -> list[str]:
+        split = [textwrap.wrap(v, w, break_on_hyphens=False) or [""] for v, w in zip(values, widths,
+                                                                                  strict=True)]
+        depth = max(len(x) for x in split)
+        return [GAP.join((x[d] if d < len(x) else "").ljust(w) for x, w in zip(split, widths, strict=True))
+                .rstrip() for d in range(depth)]
+
+    out = lines(headers) + [GAP.join("-" * w for w in widths)]
+    for row in cells:
+        out += lines(row)
     return "\n".join(out)
 
 
@@ -113,6 +182,18 @@ def terminal_width() -> int:
     return shutil.get_terminal_size((120, 24)).columns
 
 
+def known_width() -> int | None:
+    """The terminal's width where one is known (COLUMNS, a terminal); None for a pipe or a
+    file, where a message stays on one line for whoever reads it by line."""
+    return shutil.get_terminal_size((0, 0)).columns or None
+
+
+def fit_lines(text: str, width: int | None = None, indent: str = "  ") -> str:
+    """`text` wrapped to `width`, or to the known width; whole where none is known."""
+    width = width or known_width()
+    return wrap(text, width, indent) if width else text
+
+
 def environment_lines(report: Report) -> list[str]:
     env = report.environment
     lines = [
@@ -136,24 +217,26 @@ def render_terminal(report: Report, width: int | None = None) -> str:
     """What fits a terminal `width` columns wide (default: this terminal's): each section's
     essential columns, notes wrapped; the markdown and CSV keep everything."""
     width = width or terminal_width()
-    parts = [_wrap(f"lrprof {report.command} - {report.environment.summary()}", width)]
+    parts = [wrap(f"lrprof {report.command} - {report.environment.summary()}", width)]
     left_out = 0
     if report.partial:
-        parts.append(_wrap(f"PARTIAL REPORT: {partial_text(report.partial)}", width))
+        parts.append(wrap(f"PARTIAL REPORT: {partial_text(report.partial)}", width))
     for section in (s for s in report.sections if s.show != "markdown"):
         table, dropped = fitted_table(section, width)
         left_out += dropped
-        parts += [f"\n{_wrap(section.title, width)}", table]
+        parts += [f"\n{wrap(section.title, width)}", table]
         if section.note:
-            parts.append(_wrap(section.note, width))
-    parts += [_wrap(f"note: {n}", width, "  ") for n in report.notes]
+            parts.append(wrap(section.note, width))
+    parts += [wrap(f"note: {n}", width, "  ") for n in report.notes]
     if left_out:
-        parts.append(_wrap(f"({left_out} more columns in the markdown and CSV reports)", width))
+        parts.append(wrap(f"({left_out} more columns in the markdown and CSV reports)", width))
     return "\n".join(parts)
 
 
-def _wrap(text: str, width: int, indent: str = "") -> str:
+def wrap(text: str, width: int, indent: str = "") -> str:
+    """`text` on lines of at most `width` characters (a word longer than that is cut)."""
     return "\n".join(textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False)) or text
+
 
 
 def render_markdown(report: Report) -> str:

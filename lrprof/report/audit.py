@@ -70,7 +70,9 @@ def audit_report(audit: Audit, argv: list[str] | None = None,
                 check_rows(audit),
                 f"probes in float64 on one or two random images of {spec.channels}x"
                 f"{spec.height}x{spec.width}; equal means within {TOLERANCE:g} of the output's scale; "
-                "n/a: the probe does not apply here; info: a measurement, not a verdict"),
+                "n/a: the probe does not apply here; info: a measurement, not a verdict",
+                essential=("check", "result", "measured"),
+                shorten=("measured", "expected (lrprof's implementation)")),
         Section("Constructor arguments (operator parameters mapped by name; --init overrides)",
                 mapping_rows(audit)),
         Section("Your implementation beside lrprof's (same run, interleaved; MACs: "

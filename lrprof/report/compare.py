@@ -31,25 +31,30 @@ def table_rows(c: Comparison, include_same: bool) -> list[list[str]]:
         shown = [m for m in r.metrics if m.status != SAME] or (r.metrics[:1] if include_same else [])
         if r.status == SAME and not include_same:
             continue
-        for m in shown:
+        for m in shown:  # each metric its own status: a row's verdict is not every metric's
             change = "" if m.change_pct is None else f"{m.change_pct:+.1f}%"
-            out.append([r.status, r.name, m.metric, fmt(m.old), fmt(m.new), change, m.why])
+            out.append([m.status, r.name, m.metric, fmt(m.old), fmt(m.new), change, m.why])
     return out
 
 
 HEADERS = ["status", "row", "metric", "old", "new", "change", "why"]
 
 
-def render_text(c: Comparison) -> str:
-    from tabulate import tabulate
+def render_text(c: Comparison, width: int | None = None) -> str:
+    """For a terminal `width` columns wide (default: this terminal's): long row names and
+    reasons shortened, the figures kept; the markdown, JSON and CSV keep everything."""
+    from lrprof.record.records import Section
+    from lrprof.report import fit_lines, fitted_table, terminal_width
 
-    lines = [f"warning: {w}" for w in c.warnings]
-    lines.append(verdict_line(c))
+    lines = [fit_lines(f"warning: {w}", width) for w in c.warnings]
+    lines.append(fit_lines(verdict_line(c), width))
     rows = table_rows(c, include_same=False)
     if rows:
-        lines.append(tabulate(rows, headers=HEADERS, tablefmt="simple", disable_numparse=True))
-    lines += _unmatched_lines(c)
-    lines += _unreliable_lines(c)
+        section = Section("", [dict(zip(HEADERS, row, strict=True)) for row in rows],
+                          essential=("status", "row", "metric", "old", "new", "change", "why"),
+                          shorten=("row", "why"))
+        lines.append(fitted_table(section, width or terminal_width())[0])
+    lines += [fit_lines(line, width) for line in _unmatched_lines(c) + _unreliable_lines(c)]
     return "\n".join(lines)
 
 

@@ -78,9 +78,11 @@ def finish_report(report: Report, paths: dict[str, Path], plots: bool = True) ->
 
 
 def finish_sweep(merged: Any, fits: Any, paths: dict[str, Path], plots: bool, argv: list[str],
-                 wall_s: float | None = None) -> tuple[Report, list[Path]]:
+                 wall_s: float | None = None,
+                 partial: dict[str, Any] | None = None) -> tuple[Report, list[Path]]:
     """A sweep's report from its merged rows and fits: its plots (a missing matplotlib is a
-    note, not a failure) beside the markdown, then every format."""
+    note, not a failure) beside the markdown, then every format. `partial`: what an
+    interrupted sweep kept (see `partial_text`)."""
     from lrprof.report.sweep import sweep_report
 
     md = paths["md"]
@@ -95,5 +97,6 @@ def finish_sweep(merged: Any, fits: Any, paths: dict[str, Path], plots: bool, ar
             made = sweep_plots(merged.records, fits, md.parent, md.name[: -len(".md")], merged.environment)
     report = sweep_report(merged, fits, made, argv, plot_dir=md.parent, wall_s=wall_s)
     report.notes += notes
+    report.partial = partial
     report, written = finish_report(report, paths, plots)
     return report, written + [p.path for p in made]

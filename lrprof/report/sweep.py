@@ -124,7 +124,8 @@ def sweep_report(merged: Merged, fits: Sequence[GroupFit], plots: Sequence[Plot]
                 "grows exactly like the formula over the grid"),
         Section("Fits: forward latency vs counted work", latency_fit_rows(fits), FIT_NOTE),
         Section("Where time departs most from the fit", departure_rows(fits),
-                "measured / fit above 1: slower than the power law predicts for that row's MACs"),
+                "measured / fit above 1: slower than the power law predicts for that row's MACs",
+                essential=("op[impl]", "row", "measured fwd ms", "measured / fit"), shorten=("row",)),
     ]
     crossing_lines = crossovers(records)
     if crossing_lines:
@@ -134,7 +135,7 @@ def sweep_report(merged: Merged, fits: Sequence[GroupFit], plots: Sequence[Plot]
                                 "at each size, interpolated log-linearly between sizes"))
     if plots:
         sections.append(Section("Plots", plot_rows(plots, plot_dir), show="markdown"))
-    sections.append(Section("Sweep", coverage_rows(merged, wall_s)))
+    sections.append(Section("Sweep", coverage_rows(merged, wall_s), shorten=("value",)))
     failed = failed_rows(merged)
     if failed:
         sections.append(Section("Failed rows (recorded, the sweep went on)", failed))

@@ -18,6 +18,7 @@ from typing import Any
 from lrprof.build.grid import config_key
 from lrprof.measure.device import Environment
 from lrprof.record.records import Record
+from lrprof.record.validate import check_json_record
 from lrprof.spec.errors import InputError
 from lrprof.sweep.run import setup_differences
 from lrprof.sweep.store import Contents, RowLine, read_rows
@@ -122,7 +123,8 @@ def merge_rows(paths: list[Path], allow_mixed: bool = False) -> Merged:
 
     lines: dict[str, list[RowLine]] = {}
     for c in contents:
-        for line in c.rows:
+        for number, line in enumerate(c.rows):
+            check_json_record(c.path, number, line.record.to_dict())  # NaN, negative counts: refused
             lines.setdefault(line.key, []).append(line)
     chosen: dict[str, Record] = {}
     duplicates, retried = [], 0

@@ -215,6 +215,21 @@ def _label(spec: LayerSpec) -> str:
     return f"{spec.op}{impl} {values} C={spec.channels} {spec.height}x{spec.width} B={spec.batch}"
 
 
+def _same_grid(path: Path, contents: Contents, plan: Plan) -> None:
+    """--resume continues the grid the file was made for (or one that holds it: more sizes,
+    more values); a file of another grid would be reported as this grid only, its own rows
+    dropped, so it is refused."""
+    keys = set(plan.keys)
+    theirs = {config_key(c): c for h in contents.headers for c in (h.get("grid") or {}).get("configs", [])}
+    theirs.update({line.key: line.record.config for line in contents.rows})
+    outside = [k for k in theirs if k not in keys]
+    if outside:
+        example = next((line.record.name for line in contents.rows if line.key in outside), outside[0])
+        raise InputError(f"{path} was made for another grid: {len(outside)} of its rows are not in this "
+                         f"grid (e.g. {example}); --resume continues the same grid (or a larger one): "
+                         "give the grid that made it, or choose another --out")
+
+
 def run_sweep(config: SweepConfig, out: Path, shard: Shard | None = None, resume: bool = False,
               retry_failed: bool = False, allow_mixed: bool = False, quiet: bool = False,
               stream: Any = None, plan: Plan | None = None,
@@ -243,6 +258,7 @@ def run_sweep(config: SweepConfig, out: Path, shard: Shard | None = None, resume
             if diffs and not allow_mixed:
                 raise InputError(f"{path} was measured on another setup ({'; '.join(diffs)}): "
                                  "pass --allow-mixed to add rows to it anyway")
+        _same_grid(path, contents, plan)
         done = done_keys(contents, retry_failed)
     keys = plan.keys
     mine = {keys[i] for i in indices}
@@ -278,6 +294,9 @@ def run_sweep(config: SweepConfig, out: Path, shard: Shard | None = None, resume
                     ok = outcome.record.error is None
                     run.failed += 0 if ok else 1
                     progress.advance(ok, spec_label(spec), _row_note(outcome), work[index])
+            except BaseException:  # an interrupt (or a bug): the worker goes at once
+                runner.close(kill=True)
+                raise
             finally:
                 run.restarts = runner.restarts
                 runner.close()

@@ -17,6 +17,8 @@ import gc
 import importlib
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -110,8 +112,36 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _serve(conn: Any, settings: WorkerSettings) -> None:
+def _die_with_parent(parent: int) -> None:
+    """The worker ends with the process that started it, even when that one is killed
+    (SIGKILL runs no clean-up): on Linux the kernel kills it at once (PR_SET_PDEATHSIG),
+    elsewhere a watcher thread notices within a second. An interrupt is the parent's to
+    handle: Ctrl-C reaches the whole process group, and the worker ignores it (the parent
+    stops it), so no traceback of the worker's ever reaches the terminal."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getppid() != parent:  # the parent died before this line
+        os._exit(1)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lrprof-parent-watch", daemon=True).start()
+
+
+def _serve(conn: Any, settings: WorkerSettings, parent: int | None = None) -> None:
     """The worker's loop: a spec in, ("done", record dict) or ("raised", text) out."""
+    if parent is not None:
+        _die_with_parent(parent)
     try:
         setup(settings)
     except BaseException as exc:
@@ -190,9 +220,10 @@ class RowRunner:
     def _start(self) -> None:
         context = multiprocessing.get_context("spawn")  # fresh: no inherited CUDA or OpenMP state
         parent, child = context.Pipe()
-        process = context.Process(target=_serve, args=(child, self.settings), daemon=True,
+        process = context.Process(target=_serve, args=(child, self.settings, os.getpid()), daemon=True,
                                   name="lrprof-sweep-worker")
-        process.start()
+        with _no_interrupt():  # the worker starts ignoring Ctrl-C (it imports torch first)
+            process.start()
         child.close()  # only the worker holds its end: its exit reads as EOF here
         self._process, self._conn = process, parent
         if not parent.poll(START_TIMEOUT_S):
@@ -230,9 +261,10 @@ class RowRunner:
         self.restarts += 1
         self.on_restart(why)
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the worker: asked to finish, or (`kill`, on an interrupt) at once."""
         if self._process is not None:
-            self._stop(kill=False)
+            self._stop(kill=kill)
 
     def __enter__(self) -> RowRunner:
         return self
@@ -281,6 +313,22 @@ class RowRunner:
                           f"context broken ({record.error})")
             restarted = True
         return Outcome(record, time.perf_counter() - started, pid, restarted)
+
+
+@contextlib.contextmanager
+def _no_interrupt():
+    """SIGINT ignored while a worker is started, so the worker inherits that (an ignored
+    signal stays ignored across exec) and Ctrl-C during its start-up prints nothing."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        # a Ctrl-C meanwhile was lost with the ignored signal: nothing to replay
 
 
 def _exit_text(code: int | None) -> str:
