@@ -125,7 +125,8 @@ def test_drifting_processes_past_threshold_are_inconclusive(tmp_path, capsys):
     assert m["status"] == "inconclusive" and "includes 1" in m["why"]
     assert m["test"]["processes"] == [3, 3]
     assert rc == 3
-    assert data["inconclusive"][0]["row"] == LR and any("--repeat" in d for d in data["inconclusive"][0]["decide"])
+    entry = data["inconclusive"][0]
+    assert entry["row"] == LR and any("--repeat" in d for d in entry["decide"])
 
 
 def test_consistent_replicates_are_worse(tmp_path, capsys):
