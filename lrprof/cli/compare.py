@@ -115,8 +115,8 @@ def _rerun(result, budget_s: float) -> None:
     stats = [s for r in records for s in r.latency.values()]
     threads = next((s.threads for s in stats if s.threads), 1)
     # as long per process as the report timed each row (at most the default half second)
-    timed_s = min(sum(s.samples_ms) * s.calls_per_run / 1e3 / max(s.processes, 1) for s in stats
-                  if s.samples_ms) if any(s.samples_ms for s in stats) else 0.5
+    timed_s = min((s.median_ms * s.runs * s.calls_per_run / 1e3 / s.processes for s in stats),
+                  default=0.5)
     timing = TimingOptions(min_runs=10, min_time_s=min(max(timed_s, 0.02), 0.5))
     names = [r.name for r in records]
 

@@ -16,10 +16,14 @@ samples against the rerun's:
 - the rerun is the remedy for an unreliable timing, so flags no longer make a row
   inconclusive by themselves: a change past the threshold is worse when the interval
   excludes 1, within the threshold is the same, and anything else stays inconclusive.
+
+The rerun stops early (after at least three processes) only when every row is decided with
+confidence: worse or better, or an interval wholly within the threshold.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +31,11 @@ from typing import Any
 from lrprof.gate import stats as gate_stats
 from lrprof.gate.match import row_key
 from lrprof.gate.verdict import (
-    INCONCLUSIVE,
+    BETTER,
+    NOISE,
+    SAME,
     SEVERITY,
+    WORSE,
     MetricChange,
     RowResult,
     Thresholds,
@@ -142,8 +149,18 @@ def settled(items: list[Item], measured: Measured, t: Thresholds, processes: int
     if processes < MIN_PROCESSES:
         return False
     verdicts = tests(items, measured, t)
-    return all(verdicts[i.row.name] and all(m.status != INCONCLUSIVE for m in verdicts[i.row.name])
-               for i in items)
+    return all(verdicts[i.row.name] and all(_decided(m, t) for m in verdicts[i.row.name]) for i in items)
+
+
+def _decided(m: MetricChange, t: Thresholds) -> bool:
+    """Worse or better with confidence, or the same with the whole interval within the
+    threshold: more processes would not change it (a point estimate within the threshold
+    with a wide interval would)."""
+    if m.status in (WORSE, BETTER, NOISE):
+        return True
+    test = m.test or {}
+    return m.status == SAME and test.get("ci_low", 0) >= 1 / (1 + t.max_slowdown) and \
+        test.get("ci_high", math.inf) <= 1 + t.max_slowdown
 
 
 def apply(comparison, items: list[Item], skipped: list[str], measured: Measured,
