@@ -130,5 +130,5 @@ def _rerun(result, budget_s: float) -> None:
                                                 len(next(iter(per_row[0].values()), []))))
     facts = {"processes": done["processes"], "seconds": done["seconds"], "budget_s": budget_s,
              "threads": threads, "min_time_s": timing.min_time_s, "timed": names,
-             "failed": done["failed"]}
+             "failed": done["failed"], "oversubscribed": done["oversubscribed"]}
     rerun.apply(result, items, skipped, measured(done["per_row"]), facts)

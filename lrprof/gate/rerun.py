@@ -13,9 +13,11 @@ samples against the rerun's:
 - the rerun's processes give the interval the drift between fresh processes; an old side
   of one process borrows that drift (`lrprof.gate.stats.process_factors`), since its own
   interval cannot show it;
-- the rerun is the remedy for an unreliable timing, so flags no longer make a row
-  inconclusive by themselves: a change past the threshold is worse when the interval
-  excludes 1, within the threshold is the same, and anything else stays inconclusive.
+- a change past the threshold is worse when the interval excludes 1, within the threshold
+  is the same, and anything else stays inconclusive. The rerun's own timings are checked
+  like a report's (`lrprof.measure.noise`): the drift between its processes is in the
+  interval, but a rerun that was itself disturbed (IQR, drift within a run, an
+  oversubscribed CPU) cannot decide a change past the threshold either way: inconclusive.
 
 The rerun stops early (after at least three processes) only when every row is decided with
 confidence: worse or better, or an interval wholly within the threshold.
@@ -32,6 +34,7 @@ from lrprof.gate import stats as gate_stats
 from lrprof.gate.match import row_key
 from lrprof.gate.verdict import (
     BETTER,
+    INCONCLUSIVE,
     NOISE,
     SAME,
     SEVERITY,
@@ -43,6 +46,7 @@ from lrprof.gate.verdict import (
     judge,
     settle,
 )
+from lrprof.measure import noise
 from lrprof.measure.timing import Stats
 from lrprof.record.records import Record
 
@@ -98,7 +102,8 @@ def rows_to_time(items: list[Item]) -> list[Record]:
 Measured = dict[str, dict[str, list[tuple[float, ...]]]]
 
 
-def _test(item: Item, phase: str, measured: Measured, t: Thresholds) -> MetricChange | None:
+def _test(item: Item, phase: str, measured: Measured, t: Thresholds,
+          oversubscribed: int = 0) -> MetricChange | None:
     new_groups = list(measured.get(item.new.name, {}).get(phase, []))
     if sum(1 for g in new_groups if len(g)) < 1:
         return None
@@ -133,14 +138,32 @@ def _test(item: Item, phase: str, measured: Measured, t: Thresholds) -> MetricCh
     change = judge(metric, a, b, test, t, facts, single_process=min(test.processes) < 2 and factors is None)
     against = "relative to its baseline row, " if normalised else ""
     change.why = f"rerun here ({against}{kept} fresh processes): {change.why}"
+    disturbed = _disturbed(new_groups, oversubscribed) + (_disturbed(new_ref, 0) if normalised else [])
+    if disturbed and change.status in (WORSE, BETTER, NOISE):
+        change.status = INCONCLUSIVE
+        change.why += f" [the rerun was disturbed too: {'; '.join(dict.fromkeys(disturbed))}]"
     return change
 
 
-def tests(items: list[Item], measured: Measured, t: Thresholds) -> dict[str, list[MetricChange]]:
+def _disturbed(groups: list[tuple[float, ...]], oversubscribed: int) -> list[str]:
+    """Why the rerun's own timing of a row is not to be trusted (the drift between its
+    processes aside: the interval has it)."""
+    parts = [Stats.from_times(list(g), 1, "rerun") for g in groups if len(g) >= 2]
+    if not parts:
+        return []
+    reasons = [r for r in noise.reliability(Stats.pooled(parts)) if not r.startswith("process medians")]
+    if oversubscribed:
+        reasons.append(f"oversubscribed in {oversubscribed} of its processes")
+    return reasons
+
+
+def tests(items: list[Item], measured: Measured, t: Thresholds,
+          oversubscribed: int = 0) -> dict[str, list[MetricChange]]:
     """Each item's latency verdicts on what the rerun measured so far."""
     out = {}
     for item in items:
-        out[item.row.name] = [c for p in item.phases if (c := _test(item, p, measured, t)) is not None]
+        out[item.row.name] = [c for p in item.phases
+                              if (c := _test(item, p, measured, t, oversubscribed)) is not None]
     return out
 
 
@@ -168,7 +191,7 @@ def apply(comparison, items: list[Item], skipped: list[str], measured: Measured,
     """Each re-timed row judged again (its latency metrics replaced by the rerun's), the
     rows re-sorted, and what the rerun measured kept in the comparison."""
     t = comparison.thresholds
-    verdicts = tests(items, measured, t)
+    verdicts = tests(items, measured, t, int(facts.get("oversubscribed") or 0))
     rows_facts = []
     for item in items:
         changes = verdicts[item.row.name]

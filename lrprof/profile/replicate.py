@@ -141,7 +141,7 @@ def retime(configs: Sequence[dict[str, Any]], device: str, threads: int, backwar
     other, every row interleaved in each (the first row rotating), until `enough(per_row)`
     says they are decided or the next process would not fit in `budget_s`.
     per_row[i][phase]: the samples of each process (empty where it failed). Returns
-    {"per_row", "processes", "seconds", "failed"}."""
+    {"per_row", "processes", "seconds", "failed", "oversubscribed" (processes that saw it)}."""
     import time
 
     request = {"specs": [config_to_request(c) for c in configs], "device": device,
@@ -149,6 +149,7 @@ def retime(configs: Sequence[dict[str, Any]], device: str, threads: int, backwar
                "timing": dataclasses.asdict(timing)}
     per_row: list[dict[str, list]] = [{} for _ in configs]
     failed: list[str] = []
+    oversubscribed: list[str] = []  # the processes whose timing session saw an oversubscribed CPU
     started = time.perf_counter()
     k = 0
     while k < max_processes:
@@ -160,6 +161,8 @@ def retime(configs: Sequence[dict[str, Any]], device: str, threads: int, backwar
         rows = result.get("rows") or [{} for _ in configs]
         if "failed" in result:
             failed.append(f"process {k}: {result['failed']}")
+        if (result.get("noise") or {}).get("warning"):
+            oversubscribed.append(result["noise"]["warning"])
         for phases, got in zip(per_row, rows, strict=True):
             for phase in set(phases) | {p for p, v in got.items() if isinstance(v, dict)}:
                 value = got.get(phase)
@@ -172,7 +175,8 @@ def retime(configs: Sequence[dict[str, Any]], device: str, threads: int, backwar
                 if len(phases[phase]) < k:
                     phases[phase].append(())
     return {"per_row": per_row, "processes": k, "seconds": round(time.perf_counter() - started, 1),
-            "failed": "; ".join(failed[:3]) or None}
+            "failed": "; ".join(failed[:3]) or None, "oversubscribed": len(oversubscribed),
+            "oversubscription": oversubscribed[0].split(":")[0] if oversubscribed else None}
 
 
 def _pool(rows: Sequence[tuple[LayerSpec, Record]], per_row: list[dict[str, list[Stats | None]]],
