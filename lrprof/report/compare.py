@@ -114,8 +114,9 @@ def render_markdown(c: Comparison) -> str:
                  f"{100 * t.max_instruction_growth:g}%. A latency change counts only past its "
                  f"threshold and significant (the {t.confidence:.0%} two-level bootstrap interval of the "
                  "ratio of medians excludes 1; without raw samples: outside both runs' IQR, or "
-                 f"min-max under {MIN_RUNS_FOR_IQR} runs); memory: outside both min-max ranges. "
-                 "Exact figures must be equal.")
+                 f"min-max under {MIN_RUNS_FOR_IQR} runs); past it but not judged (not significant, "
+                 "one process per side inside the drift between processes, or an unreliable timing) is "
+                 "inconclusive (exit 3). Memory: outside both min-max ranges. Exact figures must be equal.")
     parts.append("")
     rows = table_rows(c, include_same=False)
     if rows:
