@@ -263,3 +263,17 @@ def test_rerun_decision_on_measured_processes(tmp_path):
         assert latency.status == expected, latency.why
         assert "borrows" in latency.test["method"]
         assert row.rerun["processes"] == 6 and result.rerun["rows"][0]["row"] == LR
+
+
+def test_unreliable_timing_within_the_threshold_with_a_wide_interval_is_inconclusive(tmp_path, capsys):
+    """Flagged timings whose ratio is within 10 % but whose interval reaches past it: a
+    slowdown is not ruled out, so not a pass; with a tight interval the row stays the same."""
+    wide = [1.0, 1.6, 0.6, 1.4, 0.7, 1.3, 0.9, 1.5, 0.8, 1.2]
+    old = write(tmp_path / "old.json", pair(timing(1.0, runs=wide), timing(0.5)))
+    new = write(tmp_path / "new.json", pair(timing(1.05, runs=wide), timing(0.5)))
+    rc, data = verdicts(capsys, old, new)
+    row = next(r for r in data["rows"] if r["name"] == LR)
+    m = next(m for m in row["metrics"] if m["metric"] == "fwd_median_ms")
+    assert rc == 3 and m["status"] == "inconclusive" and "reaches past 10%" in m["why"]
+    rc, data = verdicts(capsys, old, old)
+    assert rc == 0

@@ -13,7 +13,8 @@ or noise with the confidence asked for is **inconclusive** (its own exit status,
 pass. That is: the interval includes 1; or a side has one process, whose interval cannot see
 the drift between fresh processes (up to 0.88x-1.17x here), and the interval does not clear
 that drift; or the spreads of reports without samples overlap; or either side's timing is
-flagged unreliable (`lrprof.measure.noise`). Each inconclusive row names its reasons and
+flagged unreliable (`lrprof.measure.noise`) and the change is past the threshold, or its
+interval reaches past it. Each inconclusive row names its reasons and
 what would decide it; `lrprof.gate.rerun` re-times such rows on this machine.
 
 `normalize="baseline"` gates each row's latency relative to the 3x3 conv baseline row timed
@@ -327,6 +328,11 @@ def compare_records(old: Record, new: Record, t: Thresholds, old_side: _Side | N
                 m.why += " [unreliable timing]"
                 if m.status in (WORSE, BETTER, NOISE):  # past the threshold on figures not to trust
                     m.status = INCONCLUSIVE
+                elif m.status == SAME and m.change_pct and m.test and m.test["ci_high"] > 1 + t.max_slowdown:
+                    # within the threshold by its point estimate only: on figures not to trust,
+                    # a slowdown past the threshold is not ruled out
+                    m.status = INCONCLUSIVE
+                    m.why += f"; the interval reaches past {100 * t.max_slowdown:g}%"
     result = RowResult(new.kind, new.name, new.config, SAME, metrics, unreliable)
     settle(result, new)
     return result

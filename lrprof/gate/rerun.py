@@ -17,7 +17,8 @@ samples against the rerun's:
   is the same, and anything else stays inconclusive. The rerun's own timings are checked
   like a report's (`lrprof.measure.noise`): the drift between its processes is in the
   interval, but a rerun that was itself disturbed (IQR, drift within a run, an
-  oversubscribed CPU) cannot decide a change past the threshold either way: inconclusive.
+  oversubscribed CPU) cannot decide a change past the threshold either way, nor call a row
+  the same while its interval reaches past the threshold: inconclusive.
 
 The rerun stops early (after at least three processes) only when every row is decided with
 confidence: worse or better, or an interval wholly within the threshold.
@@ -139,7 +140,8 @@ def _test(item: Item, phase: str, measured: Measured, t: Thresholds,
     against = "relative to its baseline row, " if normalised else ""
     change.why = f"rerun here ({against}{kept} fresh processes): {change.why}"
     disturbed = _disturbed(new_groups, oversubscribed) + (_disturbed(new_ref, 0) if normalised else [])
-    if disturbed and change.status in (WORSE, BETTER, NOISE):
+    if disturbed and (change.status in (WORSE, BETTER, NOISE)
+                      or (change.status == SAME and test.high > 1 + t.max_slowdown)):
         change.status = INCONCLUSIVE
         change.why += f" [the rerun was disturbed too: {'; '.join(dict.fromkeys(disturbed))}]"
     return change
