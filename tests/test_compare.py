@@ -211,16 +211,17 @@ def test_faster_row_is_better_and_passes(tmp_path, capsys, base):
     assert any("better" in line and "row k5" in line for line in out.splitlines())
 
 
-def test_change_within_noise_is_noise_and_passes(tmp_path, capsys):
-    """30 % slower (past 10 %) but the IQRs overlap: noise, not a regression."""
+def test_slower_within_noise_is_inconclusive(tmp_path, capsys):
+    """30 % slower (past 10 %) but the IQRs overlap: not a regression, and not a pass either
+    (a gate fails closed): inconclusive, exit 3."""
     old = write(tmp_path / "old.json", [record(fwd=lat(1.0, iqr=(0.8, 1.35)))])
     new = write(tmp_path / "new.json", [record(fwd=lat(1.3, iqr=(1.1, 1.6)))])
     rc, data = as_json(capsys, old, new)
-    assert rc == 0 and data["regression"] is False
+    assert rc == 3 and data["regression"] is False and data["verdict"] == "inconclusive"
     m = metric(data, data["rows"][0]["name"], "fwd_median_ms")
-    assert m["status"] == "noise" and m["change_pct"] == pytest.approx(30.0)
+    assert m["status"] == "inconclusive" and m["change_pct"] == pytest.approx(30.0)
     assert "overlap" in m["why"]
-    assert data["rows"][0]["status"] == "noise"
+    assert data["rows"][0]["status"] == "inconclusive"
 
 
 def test_change_within_threshold_is_same(tmp_path, capsys):
@@ -233,16 +234,30 @@ def test_change_within_threshold_is_same(tmp_path, capsys):
 
 
 def test_faster_within_noise_is_not_better(tmp_path, capsys):
+    """IQRs of 60 % flag both timings unreliable: a change past the threshold on them is
+    inconclusive (exit 3), even a faster one, never "better"."""
     old = write(tmp_path / "old.json", [record(fwd=lat(1.0, iqr=(0.6, 1.2)))])
     new = write(tmp_path / "new.json", [record(fwd=lat(0.7, iqr=(0.5, 0.9)))])
     rc, data = as_json(capsys, old, new)
+    assert rc == 3
+    assert data["rows"][0]["status"] == "inconclusive"
+    assert any("unreliable" in r for r in data["inconclusive"][0]["reasons"])
+
+
+def test_faster_with_overlapping_spreads_is_noise(tmp_path, capsys):
+    """Faster past the threshold, spreads overlapping, timings within the reliability bounds:
+    nothing suggests a slowdown, so noise (exit 0)."""
+    old = write(tmp_path / "old.json", [record(fwd=lat(1.0, (0.96, 1.04), (0.8, 1.1), runs=3))])
+    new = write(tmp_path / "new.json", [record(fwd=lat(0.85, (0.82, 0.88), (0.8, 0.9), runs=3))])
+    rc, data = as_json(capsys, old, new)
+    assert data["rows"][0]["status"] == "noise", data["rows"][0]
     assert rc == 0
-    assert data["rows"][0]["status"] == "noise"
 
 
 @pytest.mark.parametrize(
     ("old_runs", "new_runs", "expected", "spread"),
-    [(3, 3, "noise", "min-max"), (10, 3, "noise", "min-max"), (3, 10, "noise", "min-max"),
+    [(3, 3, "inconclusive", "min-max"), (10, 3, "inconclusive", "min-max"),
+     (3, 10, "inconclusive", "min-max"),
      (4, 4, "worse", "IQR"), (10, 10, "worse", "IQR")],
 )
 def test_few_runs_use_min_max_range(tmp_path, capsys, old_runs, new_runs, expected, spread):
@@ -253,7 +268,7 @@ def test_few_runs_use_min_max_range(tmp_path, capsys, old_runs, new_runs, expect
     m = metric(data, data["rows"][0]["name"], "fwd_median_ms")
     assert m["status"] == expected
     assert spread in m["why"]
-    assert rc == (1 if expected == "worse" else 0)
+    assert rc == (1 if expected == "worse" else 3)
 
 
 def test_few_runs_with_separate_ranges_is_worse(tmp_path, capsys):
@@ -739,7 +754,8 @@ def test_json_output_names_inputs_and_metrics(tmp_path, capsys):
     assert rc == 1
     assert data["old"] == str(old) and data["new"] == str(new)
     row = data["rows"][0]
-    assert set(row) == {"kind", "name", "config", "status", "metrics", "unreliable"}
+    assert set(row) == {"kind", "name", "config", "status", "metrics", "unreliable", "reasons", "decide",
+                        "rerun"}
     assert row["kind"] == "layer" and row["config"]["k"] == 3
     for m in row["metrics"]:
         assert set(m) == {"metric", "old", "new", "change_pct", "status", "why", "test"}

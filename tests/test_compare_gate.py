@@ -114,16 +114,19 @@ def test_within_threshold_is_same_even_when_significant(tmp_path, capsys):
     assert metric(data, LR, "fwd_median_ms")["test"]["ci_low"] > 1.0
 
 
-def test_drifting_processes_past_threshold_are_noise(tmp_path, capsys):
-    """+10 % of the pooled median with processes that overlap: past 10 %... not significant."""
+def test_drifting_processes_past_threshold_are_inconclusive(tmp_path, capsys):
+    """+10 % of the pooled median with processes that overlap: past 10 %, not significant,
+    and a slowdown past 10 % not ruled out: inconclusive (exit 3), not a pass."""
     old = write(tmp_path / "old.json", pair(timing(0.9, 1.0, 1.1), timing(0.5)))
     new = write(tmp_path / "new.json", pair(timing(1.0, 1.1, 1.25), timing(0.5)))
     rc, data = verdicts(capsys, old, new)
     m = metric(data, LR, "fwd_median_ms")
     assert m["change_pct"] > 10
-    assert m["status"] == "noise" and "includes 1" in m["why"]
+    assert m["status"] == "inconclusive" and "includes 1" in m["why"]
     assert m["test"]["processes"] == [3, 3]
-    assert rc == 0
+    assert rc == 3
+    entry = data["inconclusive"][0]
+    assert entry["row"] == LR and any("--repeat" in d for d in entry["decide"])
 
 
 def test_consistent_replicates_are_worse(tmp_path, capsys):

@@ -22,7 +22,7 @@ app = typer.Typer(
     "complexity model they should follow.",
 )
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 _ARGUMENTS = {"net": "NAME"}  # API parameter names that are positional arguments here
 
 

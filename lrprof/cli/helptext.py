@@ -40,6 +40,7 @@ NET = epilog(
 COMPARE = epilog(
     "lrprof compare reports/baseline/layer.json current/layer.json --max-slowdown 10%",
     "lrprof compare old.csv new.json --normalize baseline --format markdown > summary.md",
+    "lrprof compare old.json new.json --normalize baseline --on-inconclusive rerun --rerun-budget 120s",
     writes="the verdict on stdout only; --out DIR also writes DIR/compare.{md,csv,json}.",
 )
 SWEEP = epilog(

@@ -8,6 +8,15 @@ interval of the ratio of medians (processes, then runs within each; `lrprof.gate
 excludes 1. Reports without raw samples fall back to the older rule: the two runs' spreads
 (IQR, min-max under 4 runs) must not overlap. Memory uses that spread rule.
 
+A gate fails closed: a latency change past the threshold that cannot be called a regression
+or noise with the confidence asked for is **inconclusive** (its own exit status, 3), never a
+pass. That is: the interval includes 1; or a side has one process, whose interval cannot see
+the drift between fresh processes (up to 0.88x-1.17x here), and the interval does not clear
+that drift; or the spreads of reports without samples overlap; or either side's timing is
+flagged unreliable (`lrprof.measure.noise`) and the change is past the threshold, or its
+interval reaches past it. Each inconclusive row names its reasons and
+what would decide it; `lrprof.gate.rerun` re-times such rows on this machine.
+
 `normalize="baseline"` gates each row's latency relative to the 3x3 conv baseline row timed
 in the same run (same processes), which cancels the speed of the machine.
 
@@ -32,67 +41,32 @@ from lrprof.gate.match import (
     unmatched_entry,
     unmatched_text,
 )
+from lrprof.gate.verdict import (  # noqa: F401  (the verdict's names, for callers of compare)
+    BETTER,
+    ERROR,
+    FAILING,
+    INCONCLUSIVE,
+    MIN_RUNS_FOR_IQR,
+    MODEL,
+    NOISE,
+    NORMALIZE,
+    NOT_COMPARED,
+    SAME,
+    SEVERITY,
+    WORSE,
+    MetricChange,
+    RowResult,
+    Thresholds,
+    is_latency,
+    judge,
+    settle,
+)
 from lrprof.measure import noise
 from lrprof.measure.memory import MemoryStats
 from lrprof.measure.timing import Stats
 from lrprof.record.load import Loaded, load
 from lrprof.record.records import EXACT_COLUMNS, INSTRUCTION_COLUMNS, PHASES, Record
 from lrprof.spec.errors import InputError, SpecError
-
-WORSE, MODEL, ERROR, NOISE, BETTER, SAME = "worse", "model change", "error", "noise", "better", "same"
-
-
-NOT_COMPARED = "not compared"  # nothing in common to compare (the old row failed): never "same"
-
-
-SEVERITY = {ERROR: 0, MODEL: 1, WORSE: 2, NOT_COMPARED: 3, NOISE: 4, BETTER: 5, SAME: 6}
-
-
-FAILING = {ERROR, MODEL, WORSE}
-
-
-MIN_RUNS_FOR_IQR = 4
-
-
-NORMALIZE = ("none", "baseline")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    max_slowdown: float = 0.10  # fraction: 0.10 = 10 %
-    max_memory_growth: float = 0.05
-    max_instruction_growth: float = 0.01
-    allow_model_change: bool = False
-    require_all: bool = False  # a baseline row missing from the new report fails
-    normalize: str = "none"  # "baseline": latency relative to the same run's 3x3 conv row
-    confidence: float = gate_stats.CONFIDENCE
-
-
-@dataclass
-class MetricChange:
-    metric: str
-    old: float | int | None
-    new: float | int | None
-    change_pct: float | None
-    status: str
-    why: str = ""
-    # latency: the ratio's bootstrap interval and the Mann-Whitney p of the pooled runs
-    test: dict[str, Any] | None = None
-
-
-@dataclass
-class RowResult:
-    kind: str
-    name: str
-    config: dict[str, Any]
-    status: str
-    metrics: list[MetricChange] = field(default_factory=list)
-    unreliable: list[str] = field(default_factory=list)  # why a timing is not to be trusted
-
-    @property
-    def worst_change(self) -> float:
-        changes = [m.change_pct for m in self.metrics if m.status == self.status and m.change_pct]
-        return max((abs(c) for c in changes), default=0.0)
 
 
 @dataclass
@@ -106,6 +80,10 @@ class Comparison:
     thresholds: Thresholds
     # per unmatched row: where it is, its nearest row on the other side, the fields that differ
     unmatched: list[dict[str, Any]] = field(default_factory=list)
+    on_inconclusive: str = "fail"  # what the command did with inconclusive rows
+    rerun: dict[str, Any] | None = None  # what --on-inconclusive rerun measured
+    # the reports read, for a rerun (not part of the verdict's JSON)
+    loaded: tuple[Loaded, Loaded] | None = field(default=None, repr=False)
 
     @property
     def failing(self) -> list[RowResult]:
@@ -126,12 +104,29 @@ class Comparison:
     def unreliable(self) -> list[RowResult]:
         return [r for r in self.rows if r.unreliable]
 
+    @property
+    def inconclusive(self) -> list[RowResult]:
+        """Rows with a latency change past the threshold that could not be judged."""
+        return [r for r in self.rows if any(m.status == INCONCLUSIVE for m in r.metrics)]
+
+    @property
+    def verdict(self) -> str:
+        """regression (exit 1) before inconclusive (exit 3) before pass (exit 0)."""
+        if self.regression:
+            return "regression"
+        return INCONCLUSIVE if self.inconclusive else "pass"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": "lrprof.gate.compare/1",
             "old": str(self.old),
             "new": str(self.new),
+            "verdict": self.verdict,
             "regression": self.regression,
+            "inconclusive": [{"row": r.name, "reasons": r.reasons, "decide": r.decide}
+                             for r in self.inconclusive],
+            "on_inconclusive": self.on_inconclusive,
+            "rerun": self.rerun,
             "thresholds": asdict(self.thresholds),
             "warnings": self.warnings,
             "only_in_old": self.only_old,
@@ -181,6 +176,8 @@ def _spread_rule(phase: str, old: Stats, new: Stats, t: Thresholds) -> MetricCha
                     t.max_slowdown, name)
     if old.median_ms != new.median_ms:
         change.why += " (too few raw samples for a test: spread rule)"
+    if change.status == NOISE and new.median_ms > old.median_ms:  # slower, spreads overlap: not judged
+        change.status = INCONCLUSIVE
     return change
 
 
@@ -223,15 +220,9 @@ def _tested(phase: str, old: Stats, new: Stats, t: Thresholds, old_ref: Stats | 
              "mann_whitney_p": test.mann_whitney_p, "method": "two-level bootstrap of the ratio of medians"}
     if old.samples_ms == new.samples_ms and (not normalised or old_ref.samples_ms == new_ref.samples_ms):
         return MetricChange(metric, a, b, 0.0, SAME, "unchanged", facts)
-    pct = 100 * (test.ratio - 1)
-    limit = f"{100 * t.max_slowdown:g}%"
-    if abs(test.ratio - 1) <= t.max_slowdown:
-        return MetricChange(metric, a, b, pct, SAME, f"within {limit} ({test.interval_text()})", facts)
-    if not test.significant:
-        return MetricChange(metric, a, b, pct, NOISE,
-                            f"past {limit} but not significant: {test.interval_text()} includes 1", facts)
-    return MetricChange(metric, a, b, pct, WORSE if test.ratio > 1 else BETTER,
-                        f"past {limit} and significant: {test.interval_text()}", facts)
+    return judge(metric, a, b, test, t, facts, single_process=min(test.processes) < 2)
+
+
 
 
 def _memory(phase: str, old: MemoryStats, new: MemoryStats, t: Thresholds) -> MetricChange:
@@ -338,13 +329,25 @@ def compare_records(old: Record, new: Record, t: Thresholds, old_side: _Side | N
                              f"{old_side.path} (no figure in both rows)")
         metrics.append(MetricChange("error", None, None, None, NOT_COMPARED,
                                     f"the old row failed ({old.error}); nothing to compare"))
-    status = min((m.status for m in metrics), key=SEVERITY.__getitem__)
     unreliable = _unreliable(old, "old") + _unreliable(new, "new")
     if unreliable:
         for m in metrics:
-            if m.metric.endswith(("_median_ms", "_latency_vs_baseline")):
+            if is_latency(m.metric):
                 m.why += " [unreliable timing]"
-    return RowResult(new.kind, new.name, new.config, status, metrics, unreliable)
+                if m.status in (WORSE, BETTER, NOISE):  # past the threshold on figures not to trust
+                    m.status = INCONCLUSIVE
+                elif m.status == SAME and m.change_pct and m.test and m.test["ci_high"] > 1 + t.max_slowdown:
+                    # within the threshold by its point estimate only: on figures not to trust,
+                    # a slowdown past the threshold is not ruled out
+                    m.status = INCONCLUSIVE
+                    m.why += f"; the interval reaches past {100 * t.max_slowdown:g}%"
+    result = RowResult(new.kind, new.name, new.config, SAME, metrics, unreliable)
+    settle(result, new)
+    return result
+
+
+
+
 
 
 def _is_baseline_only(record: Record) -> bool:
@@ -397,4 +400,5 @@ def compare(old_path: Path, new_path: Path, thresholds: Thresholds | None = None
     rows.sort(key=lambda r: (SEVERITY[r.status], -r.worst_change))
     only_old = [r.name for r in old_rest]
     only_new = [r.name for r in new_rest]
-    return Comparison(old_path, new_path, rows, only_old, only_new, warnings, thresholds, unmatched)
+    return Comparison(old_path, new_path, rows, only_old, only_new, warnings, thresholds, unmatched,
+                      loaded=(old, new))

@@ -75,16 +75,33 @@ def _draw_runs(values: np.ndarray, sizes: np.ndarray, picks: np.ndarray,
 
 
 def _side(groups: Sequence[Sequence[float]], ref: Sequence[Sequence[float]] | None,
-          resamples: int, rng: np.random.Generator) -> np.ndarray:
+          resamples: int, rng: np.random.Generator,
+          factors: Sequence[float] | None = None) -> np.ndarray:
     """Bootstrap distribution of one side's statistic: the pooled median (over the pooled
-    median of the reference, with the same processes drawn)."""
+    median of the reference, with the same processes drawn); times a process factor drawn
+    from `factors` when given (a side of one process borrowing the drift it cannot show)."""
     picks = rng.integers(len(groups), size=(resamples, len(groups)))
     values, sizes = _padded(groups)
     stat = np.nanmedian(_draw_runs(values, sizes, picks, rng), axis=1)
     if ref is not None:
         ref_values, ref_sizes = _padded(ref)
         stat = stat / np.nanmedian(_draw_runs(ref_values, ref_sizes, picks, rng), axis=1)
+    if factors is not None and len(factors):
+        stat = stat * np.asarray(factors, dtype=float)[rng.integers(len(factors), size=resamples)]
     return stat
+
+
+def process_factors(groups: Sequence[Sequence[float]],
+                    ref: Sequence[Sequence[float]] | None = None) -> list[float]:
+    """How far each process's statistic (its median, over its reference's median) lies from
+    the median of them all: the drift between fresh processes, as factors around 1."""
+    if ref is not None:
+        pairs = [(g, r) for g, r in zip(groups, ref, strict=True) if len(g) and len(r)]
+        stats = [float(np.median(g)) / float(np.median(r)) for g, r in pairs]
+    else:
+        stats = [float(np.median(g)) for g in groups if len(g)]
+    centre = float(np.median(stats)) if stats else 0.0
+    return [s / centre for s in stats] if centre > 0 else []
 
 
 def _median(groups: Sequence[Sequence[float]]) -> float:
@@ -104,10 +121,13 @@ def point_ratio(old: Sequence[Sequence[float]], new: Sequence[Sequence[float]],
 def ratio_test(old: Sequence[Sequence[float]], new: Sequence[Sequence[float]],
                old_ref: Sequence[Sequence[float]] | None = None,
                new_ref: Sequence[Sequence[float]] | None = None,
-               confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0) -> RatioTest:
+               confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0,
+               old_factors: Sequence[float] | None = None) -> RatioTest:
     """The ratio new/old and its two-level percentile bootstrap interval. `old`, `new`: the
     samples of each process; `*_ref`: the reference row's samples of the same processes
-    (same number of groups, in the same order). Deterministic for a given seed."""
+    (same number of groups, in the same order); `old_factors`: the drift between processes
+    (`process_factors`) the old side is given when it has too few processes to show its
+    own. Deterministic for a given seed."""
     if old_ref is not None and new_ref is not None:
         old, old_ref = _paired(old, old_ref)
         new, new_ref = _paired(new, new_ref)
@@ -117,7 +137,7 @@ def ratio_test(old: Sequence[Sequence[float]], new: Sequence[Sequence[float]],
     if not old or not new:
         raise ValueError("each side needs at least one sample")
     rng = np.random.default_rng(seed)
-    a = _side(old, old_ref, resamples, rng)
+    a = _side(old, old_ref, resamples, rng, old_factors)
     b = _side(new, new_ref, resamples, rng)
     tail = (1 - confidence) / 2
     low, high = np.quantile(b / a, [tail, 1 - tail])

@@ -95,6 +95,60 @@ def time_in_processes(rows: Sequence[tuple[LayerSpec, Record]], device: torch.de
             on_process(k + 1)
 
 
+SPEC_FIELDS = ("op", "impl", "batch", "channels", "height", "width", "dtype", "device")
+
+
+def config_to_request(config: dict[str, Any]) -> dict[str, Any]:
+    """A report row's `config` (a layer spec's identity, `LayerSpec.config`) as a worker's spec."""
+    return {**{k: config[k] for k in SPEC_FIELDS if k in config},
+            "params": {k: v for k, v in config.items() if k not in SPEC_FIELDS}}
+
+
+def retime(configs: Sequence[dict[str, Any]], device: str, threads: int, backward: bool,
+           timing: TimingOptions, budget_s: float, enough: Callable[[list[dict[str, list]]], bool],
+           max_processes: int = 40, seed: int = 0) -> dict[str, Any]:
+    """Re-time rows given by their report configurations in fresh processes, one after the
+    other, every row interleaved in each (the first row rotating), until `enough(per_row)`
+    says they are decided or the next process would not fit in `budget_s`.
+    per_row[i][phase]: the samples of each process (empty where it failed). Returns
+    {"per_row", "processes", "seconds", "failed", "oversubscribed" (processes that saw it)}."""
+    import time
+
+    request = {"specs": [config_to_request(c) for c in configs], "device": device,
+               "backward": backward, "seed": seed, "threads": threads,
+               "timing": dataclasses.asdict(timing)}
+    per_row: list[dict[str, list]] = [{} for _ in configs]
+    failed: list[str] = []
+    oversubscribed: list[str] = []  # the processes whose timing session saw an oversubscribed CPU
+    started = time.perf_counter()
+    k = 0
+    while k < max_processes:
+        spent = time.perf_counter() - started
+        if k and (spent + spent / k > budget_s or enough(per_row)):
+            break
+        result = run_process(request, k)
+        k += 1
+        rows = result.get("rows") or [{} for _ in configs]
+        if "failed" in result:
+            failed.append(f"process {k}: {result['failed']}")
+        if (result.get("noise") or {}).get("warning"):
+            oversubscribed.append(result["noise"]["warning"])
+        for phases, got in zip(per_row, rows, strict=True):
+            for phase in set(phases) | {p for p, v in got.items() if isinstance(v, dict)}:
+                value = got.get(phase)
+                if isinstance(value, dict) and "error" in value:
+                    failed.append(f"process {k}: {phase}: {value['error']}")
+                    value = None
+                samples = tuple(value["samples_ms"]) if isinstance(value, dict) else ()
+                phases.setdefault(phase, [()] * (k - 1)).append(samples)
+            for phase in phases:
+                if len(phases[phase]) < k:
+                    phases[phase].append(())
+    return {"per_row": per_row, "processes": k, "seconds": round(time.perf_counter() - started, 1),
+            "failed": "; ".join(failed[:3]) or None, "oversubscribed": len(oversubscribed),
+            "oversubscription": oversubscribed[0].split(":")[0] if oversubscribed else None}
+
+
 def _pool(rows: Sequence[tuple[LayerSpec, Record]], per_row: list[dict[str, list[Stats | None]]],
           repeat: int) -> None:
     for (_, record), phases in zip(rows, per_row, strict=True):

@@ -1,5 +1,6 @@
 """Reading a report back: JSON or CSV, every figure validated before anyone decides on it
-(`lrprof.record.validate`), into Records and the environment they were measured in."""
+(`lrprof.record.validate`) and checked against the raw samples beside it
+(`lrprof.record.consistency`), into Records and the environment they were measured in."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lrprof.record.consistency import check_records
 from lrprof.record.records import ENV_COLUMNS, READABLE_SCHEMAS, SCHEMA, Record, parse_cell, partial_text
 from lrprof.record.validate import check_csv_row, check_json_record
 from lrprof.spec.errors import InputError
@@ -58,6 +60,7 @@ def load(path: Path) -> Loaded:
             env = dict(data["environment"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{path}: malformed lrprof report ({exc})") from None
+        check_records(path, records, csv=False)
         partial = data.get("partial")
         argv = data.get("argv")
         return Loaded(path, records, env, partial_text(partial) if isinstance(partial, dict) else None,
@@ -77,6 +80,7 @@ def load(path: Path) -> Loaded:
             records = [Record.from_row(row) for row in typed]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{path}: malformed lrprof CSV report ({exc})") from None
+        check_records(path, records, csv=True)
         env = {c: rows[0].get(c) for c in ENV_COLUMNS if rows[0].get(c)}
         env["device"] = rows[0].get("device")
         return Loaded(path, records, env, rows[0].get("partial_report") or None)

@@ -18,7 +18,9 @@ def verdict_line(c: Comparison) -> str:
     for r in c.rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: SEVERITY[i[0]]))
-    head = "REGRESSION" if c.regression else "no regression"
+    head = {"regression": "REGRESSION", "inconclusive": "INCONCLUSIVE"}.get(c.verdict, "no regression")
+    if c.verdict == "inconclusive" and c.on_inconclusive == "pass":
+        head += " (passed: --on-inconclusive pass)"
     missing = (f"; {plural(len(c.only_old), 'baseline row')} missing (--require-all)"
                if c.missing_fails else "")
     flagged = f"; {len(c.unreliable)} with unreliable timings" if c.unreliable else ""
@@ -55,7 +57,40 @@ def render_text(c: Comparison, width: int | None = None) -> str:
                           shorten=("row", "why"))
         lines.append(fitted_table(section, width or terminal_width())[0])
     lines += [fit_lines(line, width) for line in _unmatched_lines(c) + _unreliable_lines(c)]
+    lines += inconclusive_lines(c)
+    lines += rerun_lines(c)
     return "\n".join(lines)
+
+
+def inconclusive_lines(c: Comparison) -> list[str]:
+    """Each inconclusive row: why, and what would decide it."""
+    out = []
+    for r in c.inconclusive:
+        out.append(f"inconclusive: {r.name}: {'; '.join(r.reasons)}")
+        if r.decide:
+            out.append(f"  would decide it: {'; '.join(r.decide)}")
+    return out
+
+
+def rerun_lines(c: Comparison) -> list[str]:
+    """What --on-inconclusive rerun measured."""
+    if c.rerun is None:
+        return []
+    f = c.rerun
+    out = [f"rerun: {plural(f.get('processes') or 0, 'fresh process', 'fresh processes')} here in "
+           f"{f.get('seconds', 0):g} s (budget {f.get('budget_s', 0):g} s), rows timed interleaved: "
+           f"{', '.join(f.get('timed') or []) or 'none'}"
+           + (f"; {f.get('threads')} thread(s), {f.get('min_time_s'):g} s per row and process"
+              if f.get("timed") else "")]
+    for row in f.get("rows", []):
+        medians = "; ".join(f"{p} medians " + " ".join(fmt(v) for v in vs) + " ms"
+                            for p, vs in (row.get("process_medians_ms") or {}).items() if vs)
+        verdicts = "; ".join(v["why"] for v in row.get("verdicts", [])) or row.get("failed", "")
+        out.append(f"  {row['row']}: {row['status']}: {verdicts}" + (f" ({medians})" if medians else ""))
+    out += [f"  not re-timed: {why}" for why in f.get("not_rerun", [])]
+    if f.get("failed"):
+        out.append(f"  failures: {f['failed']}")
+    return out
 
 
 def _unreliable_lines(c: Comparison) -> list[str]:
@@ -84,8 +119,9 @@ def render_markdown(c: Comparison) -> str:
                  f"{100 * t.max_instruction_growth:g}%. A latency change counts only past its "
                  f"threshold and significant (the {t.confidence:.0%} two-level bootstrap interval of the "
                  "ratio of medians excludes 1; without raw samples: outside both runs' IQR, or "
-                 f"min-max under {MIN_RUNS_FOR_IQR} runs); memory: outside both min-max ranges. "
-                 "Exact figures must be equal.")
+                 f"min-max under {MIN_RUNS_FOR_IQR} runs); past it but not judged (not significant, "
+                 "one process per side inside the drift between processes, or an unreliable timing) is "
+                 "inconclusive (exit 3). Memory: outside both min-max ranges. Exact figures must be equal.")
     parts.append("")
     rows = table_rows(c, include_same=False)
     if rows:
@@ -93,7 +129,8 @@ def render_markdown(c: Comparison) -> str:
     same = sum(1 for r in c.rows if r.status == SAME)
     if same:
         parts += [f"{same} row(s) unchanged.", ""]
-    parts += [f"- {line}" for line in _unmatched_lines(c) + _unreliable_lines(c)]
+    parts += [f"- {line}" for line in _unmatched_lines(c) + _unreliable_lines(c) + inconclusive_lines(c)
+              + rerun_lines(c)]
     return "\n".join(parts).rstrip() + "\n"
 
 
