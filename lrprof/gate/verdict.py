@@ -133,6 +133,6 @@ def settle(result: RowResult, new: Record) -> None:
     if result.kind == "layer" and result.rerun is None:
         decide.append(DECIDE_RERUN)
     if str(new.config.get("device", "cpu")).startswith("cpu") and not any(
-            c in new.exact for c in INSTRUCTION_COLUMNS):
+            c in new.counted for c in INSTRUCTION_COLUMNS):
         decide.append(DECIDE_INSTRUCTIONS)
     result.decide = list(dict.fromkeys(decide))

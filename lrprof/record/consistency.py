@@ -60,12 +60,14 @@ def check_record(path: Path, row: str, record: Record, name: FieldName) -> None:
     def fail(field: str, problem: str) -> InputError:
         return InputError(f"{path}: row {row}: {field}: {problem}")
 
+    figures = record.exact_figures()
     for col in EXACT_COLUMNS + INSTRUCTION_COLUMNS:
-        if col in record.exact and isinstance(record.exact[col], (int, float)):
-            value = record.exact[col]
+        if col in figures and isinstance(figures[col], (int, float)):
+            value = figures[col]
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
-            _counted(fail, col if name is csv_field else f"exact.{col}", value)
+            group = "model" if col in record.model else "counted"
+            _counted(fail, col if name is csv_field else f"{group}.{col}", value)
     for phase, stats in record.latency.items():
         _counted(fail, name(phase, "runs"), stats.runs, 1)
         _counted(fail, name(phase, "calls_per_run"), stats.calls_per_run, 1)
