@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 
-RUNS = 5  # profiled calls per row and phase
-METHOD = (f"torch.autograd.profiler, {RUNS} calls per row and phase after the timed runs (one warm-up call); "
+RUNS = 5  # profiled blocks per row and phase
+MAX_BLOCK = 20  # consecutive calls in a block at most (the profiler's events grow with them)
+METHOD = (f"torch.autograd.profiler, {RUNS} blocks per row and phase of as many calls as a timed run "
+          f"(at most {MAX_BLOCK}), rows interleaved, after the timed runs (one warm-up call); "
           "each event's self time to its nearest enclosing op the counter counted; per call of the row")
 
 
@@ -37,6 +39,7 @@ class ProfiledRow:
     label: str
     phases: dict[str, Callable[[], object]]
     counted: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    block: dict[str, int] = field(default_factory=dict)  # phase -> consecutive calls, as timed
 
 
 @contextlib.contextmanager
@@ -112,11 +115,12 @@ def profile_rows(rows: Sequence[ProfiledRow], device: torch.device, runs: int = 
             fn()  # warm: a first call's one-time work is not the op's time
     _synchronize(device)
     with _quiet_native_stderr(), profile(use_device="cuda" if cuda else None) as prof:
-        for row in rows:
-            for phase, fn in row.phases.items():
-                for _ in range(runs):
-                    with record_function(range_name(row.label, phase)):
-                        fn()
+        for _ in range(runs):  # rows interleaved in blocks, as the timed runs are: the same caches
+            for row in rows:
+                for phase, fn in row.phases.items():
+                    for _ in range(row.block.get(phase, 1)):
+                        with record_function(range_name(row.label, phase)):
+                            fn()
                     _synchronize(device)
     if trace is not None:
         write_trace(prof, trace)
@@ -127,7 +131,8 @@ def profile_rows(rows: Sequence[ProfiledRow], device: torch.device, runs: int = 
         for phase in row.phases:
             ops = found.get((row.label, phase), {})
             work = row.counted.get(phase, {})
-            table = [{"phase": phase, "op": op, "calls": calls / runs, "self_ms": ms / runs,
+            n = runs * row.block.get(phase, 1)  # calls of the row profiled
+            table = [{"phase": phase, "op": op, "calls": calls / n, "self_ms": ms / n,
                       "MACs": work.get(op, (0, 0))[0], "exps": work.get(op, (0, 0))[1]}
                      for op, (ms, calls) in ops.items()]
             table.sort(key=lambda r: -r["self_ms"])

@@ -37,6 +37,13 @@ def counted_ops(record: Record) -> dict[str, dict[str, tuple[int, int]]]:
     return out
 
 
+def _blocks(record: Record) -> dict[str, int]:
+    """Each phase's calls per timed run (a block of consecutive calls), capped: profiled the
+    way it was timed, a small op's time is that of warm caches, as in the timed runs."""
+    return {phase: max(1, min(stats.calls_per_run, optimes.MAX_BLOCK))
+            for phase, stats in record.latency.items()}
+
+
 def add_op_times(rows: Sequence[tuple[Record, dict[str, Phase]]], device: torch.device,
                  trace: Path | None = None) -> Path | None:
     """`record.detail["op_times"]` for every row: [{"phase", "op", "calls", "self_ms", "MACs",
@@ -45,7 +52,7 @@ def add_op_times(rows: Sequence[tuple[Record, dict[str, Phase]]], device: torch.
     if not rows:
         return None
     profiled = [optimes.ProfiledRow(record.name, {name: phase.fn for name, phase in phases.items()},
-                                    counted_ops(record)) for record, phases in rows]
+                                    counted_ops(record), _blocks(record)) for record, phases in rows]
     try:
         found = optimes.profile_rows(profiled, device, trace=trace)
     except Exception as exc:  # the profiler failing costs no figure already measured
