@@ -55,7 +55,7 @@ def cuda_peak(fn: Callable[[], object], device: torch.device, runs: int = 3) -> 
 
 
 @contextlib.contextmanager
-def _kineto_quiet() -> Iterator[None]:
+def kineto_quiet() -> Iterator[None]:
     """The profiler prints start/stop lines from C++ straight to file descriptor 2 (whatever
     sys.stderr is at the time); point that descriptor at /dev/null meanwhile."""
     for stream in (sys.stderr, sys.__stderr__):
@@ -92,7 +92,7 @@ def cpu_peak(fn: Callable[[], object], runs: int = 3, resident: int | None = Non
     peaks = []
     for _ in range(runs):
         # The low-level profiler: torch.profiler.profile imports inductor (~2 s) on start.
-        with _kineto_quiet(), torch.autograd.profiler.profile(use_cpu=True, profile_memory=True) as prof:
+        with kineto_quiet(), torch.autograd.profiler.profile(use_cpu=True, profile_memory=True) as prof:
             fn()
         running = peak = 0
         for _, delta in _allocation_deltas(prof):

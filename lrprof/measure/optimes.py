@@ -12,17 +12,17 @@ the row's time. On CUDA the time is the kernels' device time, else CPU time.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lrprof.measure.memory import kineto_quiet
 
 RUNS = 5  # profiled blocks per row and phase
 MAX_BLOCK = 20  # consecutive calls in a block at most (the profiler's events grow with them)
@@ -40,24 +40,6 @@ class ProfiledRow:
     phases: dict[str, Callable[[], object]]
     counted: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     block: dict[str, int] = field(default_factory=dict)  # phase -> consecutive calls, as timed
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """The profiler's native library prints a line on every start and stop to the process's
-    stderr; the command's own output should not carry it."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def range_name(label: str, phase: str) -> str:
@@ -114,7 +96,7 @@ def profile_rows(rows: Sequence[ProfiledRow], device: torch.device, runs: int = 
             ranges[range_name(row.label, phase)] = (row.label, phase)
             fn()  # warm: a first call's one-time work is not the op's time
     _synchronize(device)
-    with _quiet_native_stderr(), profile(use_device="cuda" if cuda else None) as prof:
+    with kineto_quiet(), profile(use_device="cuda" if cuda else None) as prof:
         for _ in range(runs):  # rows interleaved in blocks, as the timed runs are: the same caches
             for row in rows:
                 for phase, fn in row.phases.items():
