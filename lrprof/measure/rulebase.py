@@ -117,3 +117,20 @@ def attention_work(q: Any, k: Any, v: Any, products: int, value_products: int, e
     qk = batch * length * keys * width
     av = batch * length * keys * value_width
     return Work(macs=products * qk + value_products * av, exps=exps * batch * length * keys)
+
+
+# the matrix products' price, the same in every convention
+def mm(args: tuple, kwargs: dict, out: Any) -> int:
+    return mm_macs(args[0], args[1])
+
+
+def addmm(args: tuple, kwargs: dict, out: Any) -> int:
+    return mm_macs(args[1], args[2])
+
+
+def bmm(args: tuple, kwargs: dict, out: Any) -> int:
+    return bmm_macs(args[0], args[1])
+
+
+def baddbmm(args: tuple, kwargs: dict, out: Any) -> int:
+    return bmm_macs(args[1], args[2])

@@ -46,12 +46,14 @@ from lrprof.measure.rulebase import (
     Rule,
     RuleFn,
     Work,
+    addmm,
     attention_work,
-    bmm_macs,
+    baddbmm,
+    bmm,
     conv_args,
     conv_macs,
     first_tensor,
-    mm_macs,
+    mm,
     numel,
     per_output_element,
     zero,
@@ -106,22 +108,6 @@ def convolution_backward(args: tuple, kwargs: dict, out: Any) -> int:
     mask = args[10]
     forward = conv_macs(grad_out.shape, x.shape, weight.shape, transposed)
     return forward * (int(bool(mask[0])) + int(bool(mask[1])))
-
-
-def mm(args: tuple, kwargs: dict, out: Any) -> int:
-    return mm_macs(args[0], args[1])
-
-
-def addmm(args: tuple, kwargs: dict, out: Any) -> int:
-    return mm_macs(args[1], args[2])
-
-
-def bmm(args: tuple, kwargs: dict, out: Any) -> int:
-    return bmm_macs(args[0], args[1])
-
-
-def baddbmm(args: tuple, kwargs: dict, out: Any) -> int:
-    return bmm_macs(args[1], args[2])
 
 
 def dot(args: tuple, kwargs: dict, out: Any) -> int:

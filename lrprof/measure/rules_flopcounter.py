@@ -24,12 +24,14 @@ from lrprof.measure.rulebase import (
     MATRIX,
     Rule,
     Work,
+    addmm,
     attention_work,
-    bmm_macs,
+    baddbmm,
+    bmm,
     conv_args,
     conv_macs,
     first_tensor,
-    mm_macs,
+    mm,
 )
 
 
@@ -57,22 +59,6 @@ def convolution_backward(args: tuple, kwargs: dict, out: Any) -> int:
         spatial = math.prod((x if transposed else grad_out).shape[2:])
         macs += window * spatial * x.shape[1] * grad_out.shape[1] * batch
     return macs
-
-
-def mm(args: tuple, kwargs: dict, out: Any) -> int:
-    return mm_macs(args[0], args[1])
-
-
-def addmm(args: tuple, kwargs: dict, out: Any) -> int:
-    return mm_macs(args[1], args[2])
-
-
-def bmm(args: tuple, kwargs: dict, out: Any) -> int:
-    return bmm_macs(args[0], args[1])
-
-
-def baddbmm(args: tuple, kwargs: dict, out: Any) -> int:
-    return bmm_macs(args[1], args[2])
 
 
 def sdpa(args: tuple, kwargs: dict, out: Any) -> Work:

@@ -38,11 +38,12 @@ from lrprof.measure.rulebase import (
     POOLING,
     RESAMPLING,
     Rule,
-    bmm_macs,
+    addmm,
+    bmm,
     conv_args,
     conv_macs,
     first_tensor,
-    mm_macs,
+    mm,
     numel,
 )
 
@@ -59,18 +60,6 @@ def plain_convolution(args: tuple, kwargs: dict, out: Any) -> int:
 def convolution_backward(args: tuple, kwargs: dict, out: Any) -> int:
     grad_out, x, weight, transposed, mask = args[0], args[1], args[2], bool(args[7]), args[10]
     return conv_macs(grad_out.shape, x.shape, weight.shape, transposed) * (bool(mask[0]) + bool(mask[1]))
-
-
-def mm(args: tuple, kwargs: dict, out: Any) -> int:
-    return mm_macs(args[0], args[1])
-
-
-def addmm(args: tuple, kwargs: dict, out: Any) -> int:
-    return mm_macs(args[1], args[2])
-
-
-def bmm(args: tuple, kwargs: dict, out: Any) -> int:
-    return bmm_macs(args[0], args[1])
 
 
 def vector_product(args: tuple, kwargs: dict, out: Any) -> int:
