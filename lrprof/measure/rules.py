@@ -50,12 +50,13 @@ from lrprof.measure.rulebase import (
     attention_work,
     baddbmm,
     bmm,
-    conv_args,
-    conv_macs,
+    convolution,
+    convolution_backward,
     first_tensor,
     mm,
     numel,
     per_output_element,
+    plain_convolution,
     zero,
 )
 
@@ -87,27 +88,6 @@ def register_rule(op: Any, fn: RuleFn, why: str, family: str = CUSTOM, replace: 
     rule = Rule(family, fn, why)
     RULES[name] = rule
     return rule
-
-
-def convolution(args: tuple, kwargs: dict, out: Any) -> int:
-    x, weight, transposed = conv_args(args, kwargs)
-    return conv_macs(out.shape, x.shape, weight.shape, transposed)
-
-
-def plain_convolution(args: tuple, kwargs: dict, out: Any) -> int:
-    """The backend convolutions (_slow_conv2d_forward, cudnn/mkldnn_convolution): never
-    transposed, weight second."""
-    return conv_macs(first_tensor(out).shape, args[0].shape, args[1].shape, False)
-
-
-def convolution_backward(args: tuple, kwargs: dict, out: Any) -> int:
-    """grad_input is a transposed convolution and grad_weight a convolution, each with the
-    forward's multiply-accumulates; grad_bias is a sum (0)."""
-    grad_out, x, weight = args[0], args[1], args[2]
-    transposed = bool(args[7])
-    mask = args[10]
-    forward = conv_macs(grad_out.shape, x.shape, weight.shape, transposed)
-    return forward * (int(bool(mask[0])) + int(bool(mask[1])))
 
 
 def dot(args: tuple, kwargs: dict, out: Any) -> int:

@@ -28,20 +28,10 @@ from lrprof.measure.rulebase import (
     attention_work,
     baddbmm,
     bmm,
-    conv_args,
-    conv_macs,
-    first_tensor,
+    convolution,
     mm,
+    plain_convolution,
 )
-
-
-def convolution(args: tuple, kwargs: dict, out: Any) -> int:
-    x, weight, transposed = conv_args(args, kwargs)
-    return conv_macs(out.shape, x.shape, weight.shape, transposed)
-
-
-def plain_convolution(args: tuple, kwargs: dict, out: Any) -> int:
-    return conv_macs(first_tensor(out).shape, args[0].shape, args[1].shape, False)
 
 
 def convolution_backward(args: tuple, kwargs: dict, out: Any) -> int:

@@ -40,26 +40,13 @@ from lrprof.measure.rulebase import (
     Rule,
     addmm,
     bmm,
-    conv_args,
-    conv_macs,
+    convolution,
+    convolution_backward,
     first_tensor,
     mm,
     numel,
+    plain_convolution,
 )
-
-
-def convolution(args: tuple, kwargs: dict, out: Any) -> int:
-    x, weight, transposed = conv_args(args, kwargs)
-    return conv_macs(out.shape, x.shape, weight.shape, transposed)
-
-
-def plain_convolution(args: tuple, kwargs: dict, out: Any) -> int:
-    return conv_macs(first_tensor(out).shape, args[0].shape, args[1].shape, False)
-
-
-def convolution_backward(args: tuple, kwargs: dict, out: Any) -> int:
-    grad_out, x, weight, transposed, mask = args[0], args[1], args[2], bool(args[7]), args[10]
-    return conv_macs(grad_out.shape, x.shape, weight.shape, transposed) * (bool(mask[0]) + bool(mask[1]))
 
 
 def vector_product(args: tuple, kwargs: dict, out: Any) -> int:
