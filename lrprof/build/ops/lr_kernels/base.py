@@ -69,6 +69,15 @@ class Relation:
         {"setup_s": seconds, "setup": what it was}; {} when there is none."""
         return {}
 
+    def not_ready(self, device: torch.device, dtype: str) -> str | None:
+        """Why a command would first spend a long one-time step on it here (a build not yet
+        cached, a compile in every process), or None: `--impl auto` passes over what is not
+        ready rather than start that step inside a command."""
+        return None
+
+    # `lrprof build`: the one-time step done ahead, returning {"setup_s", "setup"}; None: none
+    build_ahead: Any = None
+
 
 _RELATIONS: Registry[Relation] = Registry("impl", "relation implementation")
 IMPLEMENTATIONS = ("unfold", "shift", "compiled", "fused_cpu", "triton_gpu")  # modules, in order
@@ -84,16 +93,24 @@ def get_relation(name: str) -> Relation:
 
 
 def relations() -> list[Relation]:
-    """Every implementation, the readable reference (unfold) first."""
+    """Every implementation in the order of IMPLEMENTATIONS (the readable reference, unfold,
+    first: the default), whichever module was imported first; others after, as registered."""
     _load()
-    return _RELATIONS.in_order()
+    built_in = {name.split("_")[0]: i for i, name in enumerate(IMPLEMENTATIONS)}
+    ordered = _RELATIONS.in_order()
+    return sorted(ordered, key=lambda r: (built_in.get(r.name, len(built_in)), ordered.index(r)))
+
+
+_LOADED = [False]
 
 
 def _load() -> None:
-    if _RELATIONS.in_order():
+    """Import every implementation module once (one imported directly before, e.g. by a
+    test, must not stop the others from registering). None builds or imports anything
+    heavy (a compiler, Triton) until it is first used."""
+    if _LOADED[0]:
         return
-    # Import order is the order of `lrprof layer --impl all`; none builds or imports
-    # anything heavy (a compiler, Triton) until it is first used.
+    _LOADED[0] = True
     package = __name__.rpartition(".")[0]
     for name in IMPLEMENTATIONS:
         importlib.import_module(f"{package}.{name}")
