@@ -277,3 +277,51 @@ def test_unreliable_timing_within_the_threshold_with_a_wide_interval_is_inconclu
     assert rc == 3 and m["status"] == "inconclusive" and "reaches past 10%" in m["why"]
     rc, data = verdicts(capsys, old, old)
     assert rc == 0
+
+
+def _rerun_verdict(tmp_path, measured, oversubscribed=0):
+    old = write(tmp_path / "old.json", pair(timing(1.0), timing(0.5)))
+    new = write(tmp_path / "new.json", pair(timing(1.2, runs=[1.0, 1.6, 0.6, 1.4, 0.7, 1.3, 0.9, 1.5, 0.8,
+                                                              1.2]), timing(0.5)))
+    result = compare(old, new)
+    items, skipped = rerun.plan(result)
+    rerun.apply(result, items, skipped, measured, {"processes": len(measured[LR]["fwd"]), "seconds": 1.0,
+                                                    "oversubscribed": oversubscribed})
+    row = next(r for r in result.rows if r.name == LR)
+    return next(m for m in row.metrics if m.metric == "fwd_latency_vs_baseline")
+
+
+# a machine slowing down within each process (drift +50 %, IQR past 10 %): flagged absolute timings
+DRIFTING = [1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3, 1.35, 1.4, 1.5]
+SPEEDS = (0.9, 1.0, 1.2, 0.8, 1.1, 1.0)  # and each process at its own speed
+
+
+def test_normalised_rerun_decides_through_a_disturbance_both_rows_share(tmp_path):
+    """The row and its baseline take turns in every process: a machine that drifts slows
+    both, their ratio holds, and a 1.3x slowdown is called a regression, the absolute flags
+    shown beside it (on this VM every rerun was flagged so, and none could decide)."""
+    measured = {LR: {"fwd": [tuple(2 * 1.3 * v * s for v in DRIFTING) for s in SPEEDS]},
+                CONV: {"fwd": [tuple(v * s for v in DRIFTING) for s in SPEEDS]}}
+    latency = _rerun_verdict(tmp_path, measured)
+    assert latency.status == "worse", latency.why
+    assert "drifted" in latency.why and "ratio held steady" in latency.why
+
+
+def test_normalised_rerun_with_scattered_ratios_stays_inconclusive(tmp_path):
+    """What hits the row and not its baseline (ratios 1.0-1.9x between processes) cannot be
+    waived: inconclusive, saying the ratios scatter."""
+    hits = (1.0, 1.9, 1.1, 1.7, 1.2, 1.5)
+    measured = {LR: {"fwd": [tuple(2 * 1.3 * v * s * h for v in DRIFTING) for s, h in zip(SPEEDS, hits,
+                                                                                          strict=True)]},
+                CONV: {"fwd": [tuple(v * s for v in DRIFTING) for s in SPEEDS]}}
+    latency = _rerun_verdict(tmp_path, measured)
+    assert latency.status == "inconclusive", latency.why
+    assert "ratios to the baseline scatter" in latency.why
+
+
+def test_normalised_rerun_oversubscribed_in_most_processes_stays_inconclusive(tmp_path):
+    measured = {LR: {"fwd": [tuple(2 * 1.3 * v * s for v in DRIFTING) for s in SPEEDS]},
+                CONV: {"fwd": [tuple(v * s for v in DRIFTING) for s in SPEEDS]}}
+    latency = _rerun_verdict(tmp_path, measured, oversubscribed=4)
+    assert latency.status == "inconclusive", latency.why
+    assert "oversubscribed in 4 of its 6 processes" in latency.why

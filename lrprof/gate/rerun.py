@@ -16,9 +16,14 @@ samples against the rerun's:
 - a change past the threshold is worse when the interval excludes 1, within the threshold
   is the same, and anything else stays inconclusive. The rerun's own timings are checked
   like a report's (`lrprof.measure.noise`): the drift between its processes is in the
-  interval, but a rerun that was itself disturbed (IQR, drift within a run, an
-  oversubscribed CPU) cannot decide a change past the threshold either way, nor call a row
-  the same while its interval reaches past the threshold: inconclusive.
+  interval, but a rerun that was itself disturbed cannot decide a change past the threshold
+  either way, nor call a row the same while its interval reaches past the threshold:
+  inconclusive. Disturbed means, for a rerun relative to the baseline row, per-process
+  ratios that scatter (IQR past 10% of their median) or a CPU oversubscribed in most of its
+  processes: the row and its baseline take turns in every process, so a machine that slows
+  or drifts slows both and the ratio holds (the absolute timings' flags are then shown, not
+  decisive); without a baseline row, the absolute timings' flags (IQR, drift within a run,
+  preemption, an oversubscribed CPU) decide.
 
 The rerun stops early (after at least three processes) only when every row is decided with
 confidence: worse or better, or an interval wholly within the threshold.
@@ -52,6 +57,7 @@ from lrprof.measure.timing import Stats
 from lrprof.record.records import Record
 
 MIN_PROCESSES = 3  # before a rerun may stop early: the drift between processes needs a few
+RATIO_IQR_BOUND = 0.10  # a normalised rerun's per-process ratios may scatter this much (IQR / median)
 
 
 @dataclass
@@ -139,7 +145,15 @@ def _test(item: Item, phase: str, measured: Measured, t: Thresholds,
     change = judge(metric, a, b, test, t, facts, single_process=min(test.processes) < 2 and factors is None)
     against = "relative to its baseline row, " if normalised else ""
     change.why = f"rerun here ({against}{kept} fresh processes): {change.why}"
-    disturbed = _disturbed(new_groups, oversubscribed) + (_disturbed(new_ref, 0) if normalised else [])
+    if normalised:
+        disturbed = _ratio_disturbed(new_groups, new_ref, oversubscribed)
+        waived = _disturbed(new_groups, 0) + _disturbed(new_ref, 0)
+        if waived and not disturbed:
+            shown = "; ".join(dict.fromkeys(waived))
+            change.why += (f" [absolute timings disturbed ({shown}), but the row and its baseline were "
+                           "interleaved in every process and their ratio held steady: the ratio is judged]")
+    else:
+        disturbed = _disturbed(new_groups, oversubscribed)
     if disturbed and (change.status in (WORSE, BETTER, NOISE)
                       or (change.status == SAME and test.high > 1 + t.max_slowdown)):
         change.status = INCONCLUSIVE
@@ -156,6 +170,29 @@ def _disturbed(groups: list[tuple[float, ...]], oversubscribed: int) -> list[str
     reasons = [r for r in noise.reliability(Stats.pooled(parts)) if not r.startswith("process medians")]
     if oversubscribed:
         reasons.append(f"oversubscribed in {oversubscribed} of its processes")
+    return reasons
+
+
+def _ratio_disturbed(groups: list[tuple[float, ...]], reference: list[tuple[float, ...]],
+                     oversubscribed: int) -> list[str]:
+    """Why a normalised rerun's ratio (the row over its baseline, timed interleaved in each
+    process) is not to be trusted. A slower or drifting machine slows both rows of a
+    process alike, so the absolute timings' flags (IQR, drift within a run, preemption)
+    do not apply to the ratio; what does: the per-process ratios scattering more than
+    RATIO_IQR_BOUND (their IQR over their median: something hit one row and not the other),
+    or the CPU oversubscribed in more than half of the processes."""
+    ratios = [_median(g) / _median(r) for g, r in zip(groups, reference, strict=False)
+              if len(g) and len(r) and _median(r) > 0]
+    reasons = []
+    if len(ratios) >= 4:
+        q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+        if median > 0 and (q3 - q1) / median > RATIO_IQR_BOUND:
+            reasons.append(f"per-process ratios to the baseline scatter: IQR {(q3 - q1) / median:.0%} of "
+                           f"their median (bound {RATIO_IQR_BOUND:.0%})")
+    elif len(ratios) < MIN_PROCESSES:
+        reasons.append(f"{len(ratios)} process(es) with both rows timed (at least {MIN_PROCESSES})")
+    if oversubscribed and 2 * oversubscribed > len(groups):
+        reasons.append(f"oversubscribed in {oversubscribed} of its {len(groups)} processes")
     return reasons
 
 
