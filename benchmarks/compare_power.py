@@ -90,8 +90,8 @@ def parse_args() -> argparse.Namespace:
 
 def layer_command(args: argparse.Namespace, out: Path, instructions: bool) -> list[str]:
     # --impl unfold: the layer the gate was calibrated on, whatever --impl auto would take here
-    command = [sys.executable, "-m", "lrprof", "layer", "--op", "lr", "--impl", "unfold", "--k", "7", "--m", "8",
-               "--channels", str(args.channels), "--size", str(args.size), "--threads", "1",
+    command = [sys.executable, "-m", "lrprof", "layer", "--op", "lr", "--impl", "unfold", "--k", "7",
+               "--m", "8", "--channels", str(args.channels), "--size", str(args.size), "--threads", "1",
                "--device", "cpu", "--no-stock", "--no-check-output", "--no-plots", "--min-runs", "10",
                "--min-time", str(args.min_time), "--out", str(out), "--quiet"]
     return command + (["--instructions"] if instructions else [])
