@@ -25,8 +25,9 @@ from lrprof.report.layer import layer_report
 from lrprof.spec.layer import LayerSpec
 from lrprof.spec.options import MeasureOptions
 
+# --impl unfold: these tests are about the command, not about which implementation auto takes
 SMALL = {"channels": "8", "size": "8", "k": "3", "m": "4", "min-time": "0.05", "min-runs": "3",
-         "device": "cpu"}
+         "device": "cpu", "impl": "unfold"}
 SHORT_TIMING = TimingOptions(min_runs=3, min_time_s=0.05, warmup=1, warmup_s=0)
 FILES = ["layer-rows.png", "layer.csv", "layer.json", "layer.md"]
 LATENCY = ["median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "runs", "calls_per_run"]

@@ -7,7 +7,10 @@ import pytest
 
 from lrprof.cli import main
 
-FAST = ["--size", "32", "--min-runs", "2", "--min-time", "0.01", "--hooked-runs", "2", "--no-stock"]
+# --impl unfold: the same layers whatever --impl auto (the default) would take on this machine
+FAST = ["--size", "32", "--min-runs", "2", "--min-time", "0.01", "--hooked-runs", "2", "--no-stock",
+        "--impl", "unfold"]
+LR26 = "lr26"  # unfold is LR-Net's default implementation: not in the name
 
 
 def test_list_names_every_net(capsys):
@@ -22,13 +25,13 @@ def test_net_vs_writes_stage_breakdown_and_ratios(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "MACs vs time per stage" in out
-    assert "lr26 vs resnet26, same run" in out
-    assert "MACs lr26 / resnet26" in (tmp_path / "net.md").read_text()
+    assert f"{LR26} vs resnet26, same run" in out
+    assert f"MACs {LR26} / resnet26" in (tmp_path / "net.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "net-layers.png", "net-stages.png", "net-versus.png", "net.csv", "net.json", "net.md"]
     rows = list(csv.DictReader((tmp_path / "net.csv").open()))
     kinds = {(r["kind"], r["net"]) for r in rows}
-    assert {("net", "lr26"), ("net", "resnet26"), ("stage", "lr26"), ("net-layer", "resnet26")} <= kinds
+    assert {("net", LR26), ("net", "resnet26"), ("stage", LR26), ("net-layer", "resnet26")} <= kinds
     nets = [r for r in rows if r["kind"] == "net"]
     assert all(r["fwd_MACs"] == r["exact_MACs"] for r in nets)
     assert all(float(r["fwd_images_per_s"]) > 0 for r in nets)

@@ -31,8 +31,15 @@ def test_api_and_cli_give_the_same_identity(tmp_path):
     spec = LayerSpec(op="lr", k=3, m=4, channels=8, height=8, width=8, device="cpu")
     records = profile_layers([spec], FAST)
     api = write_report(layer_report(records, ["api"]), report_paths("layer", tmp_path / "api"))
-    assert main(["layer", *FAST_ARGS, "--out", str(tmp_path / "cli")]) == 0
+    assert main(["layer", *FAST_ARGS, "--impl", "unfold", "--out", str(tmp_path / "cli")]) == 0
     result = cmp.compare(api[2], tmp_path / "cli" / "layer.json",
+                         cmp.Thresholds(max_slowdown=100, max_memory_growth=100))
+    assert len(result.rows) == 2 and not result.only_old and not result.only_new
+    # the CLI's default is --impl auto; the API asks for it by name and gets the same row
+    auto = write_report(layer_report(profile_layers([spec.replace(impl="auto")], FAST), ["api"]),
+                        report_paths("layer", tmp_path / "api-auto"))
+    assert main(["layer", *FAST_ARGS, "--out", str(tmp_path / "cli-auto")]) == 0
+    result = cmp.compare(auto[2], tmp_path / "cli-auto" / "layer.json",
                          cmp.Thresholds(max_slowdown=100, max_memory_growth=100))
     assert len(result.rows) == 2 and not result.only_old and not result.only_new
     (lr,) = [r for r in records if r.config["op"] == "lr"]

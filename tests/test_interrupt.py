@@ -77,7 +77,7 @@ def test_net_vs_interrupted_lists_the_net_never_measured(tmp_path):
     not say B was never measured."""
     out = tmp_path / "run"
     process = start(["net", "lr26", "--vs", "resnet26", "--size", "32", "--device", "cpu", "--no-stock",
-                     "--min-time", "120", "--quiet", "--out", str(out)], tmp_path)
+                     "--impl", "unfold", "--min-time", "120", "--quiet", "--out", str(out)], tmp_path)
     rc, _, stderr = signal_when_written(process, out / "net.json", signal.SIGINT)
     assert rc == 130
     assert stderr.strip().splitlines() == [f"interrupted: kept 0 of 2 rows in {out}"], stderr

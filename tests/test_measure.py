@@ -12,6 +12,7 @@ from lrprof.measure import device as device_facts
 from lrprof.measure.memory import CPU_METHOD, MemoryStats, cpu_peak, peak_memory, tensor_bytes
 from lrprof.measure.timing import Stats, TimingOptions, time_callable, warm_up
 from lrprof.spec.errors import SpecError
+from lrprof.spec.words import plural
 
 MIB = 2**20
 CPU = torch.device("cpu")
@@ -188,7 +189,7 @@ def test_collect_cpu_facts():
     assert env.device_name
     assert env.python_version
     assert env.cuda == {}
-    assert f"{env.torch_threads} threads" in env.summary()
+    assert f"{plural(env.torch_threads, 'thread')}" in env.summary()
 
 
 def test_environment_dict_round_trip():

@@ -138,8 +138,8 @@ def test_item3_merge_refuses_nan_medians_and_negative_macs(rows_file, tmp_path, 
 
 def test_item4_compare_says_when_two_reports_were_timed_differently(rows_file, tmp_path, capsys):
     layer = tmp_path / "layer"
-    rc, _, err = run(capsys, "layer", "--op", "lr", "--k", "3", "--m", "2", *TINY, "--no-stock",
-                     "--no-roofline", "--quiet", "--out", layer)
+    rc, _, err = run(capsys, "layer", "--op", "lr", "--impl", "unfold", "--k", "3", "--m", "2", *TINY,
+                     "--no-stock", "--no-roofline", "--quiet", "--out", layer)
     assert rc == 0, err
     sweep = tmp_path / "sweep"
     rc, _, err = run(capsys, "merge", rows_file, "--out", sweep, "--no-plots", "--quiet")

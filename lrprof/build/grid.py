@@ -20,7 +20,7 @@ from typing import Any
 
 from lrprof.build.ops.registry import get_op
 from lrprof.spec.errors import SpecError
-from lrprof.spec.layer import LayerSpec, parse_size, resolve_device
+from lrprof.spec.layer import AUTO_IMPL, LayerSpec, parse_size, resolve_device
 from lrprof.spec.params import split_list
 
 
@@ -105,17 +105,19 @@ def layer_grid(ops: str | Sequence[str], params: Mapping[str, str | Sequence[Any
     resolved = resolve_device(device)
     asked = [] if impl in (None, "", "all") else split_list(impl, "impl")
     for name in asked:
-        if not any(name in (i.name for i in op.impls) for op in op_defs):
+        if name != AUTO_IMPL and not any(name in (i.name for i in op.impls) for op in op_defs):
             known = sorted({i.name for op in op_defs for i in op.impls})
-            raise SpecError("impl", f"all, or one of {', '.join(known)} for op {', '.join(op_names)}", name)
+            raise SpecError("impl", f"all, auto, or one of {', '.join(known)} for op {', '.join(op_names)}",
+                            name)
     grid = Grid([])
     for op in op_defs:
         if impl == "all":
             impls, missing = available_impls(op, resolved, dtype)
             if missing:
                 grid.unavailable[op.name] = missing
-        else:  # the asked implementations this operator has, else its default
-            impls = [i.name for i in op.impls if i.name in asked] or [op.default_impl]
+        else:  # auto (chosen per device when prepared), the asked ones it has, else its default
+            impls = [AUTO_IMPL] if AUTO_IMPL in asked else []
+            impls = impls + [i.name for i in op.impls if i.name in asked] or [op.default_impl]
         names = [n for n in op.schema.names() if n in params]
         value_lists = [expand_list(params[n], n) for n in names]
         for impl_name, c, (h, w), b, values in itertools.product(

@@ -15,6 +15,7 @@ import typer
 
 # each command registers itself on the app when imported
 from lrprof.cli import (  # noqa: F401
+    build,
     check,
     compare,
     count,

@@ -29,7 +29,10 @@ HELP = "Measure layer configurations beside a 3x3 conv baseline, and check them 
 # the options every operator shares (cli/options.py defines each once)
 COMMON = shared("op", "impl", "channels", "size", "batch", "device", "dtype", "baseline", "threads",
                 "min_runs", "min_time", "repeat", "out", "trace", "module", "init", "input", "compile",
-                out="write DIR/layer.{md,csv,json}")
+                out="write DIR/layer.{md,csv,json}",
+                impl=("auto", "implementation(s), comma-separated, or all; auto: the fastest one ready on "
+                              "the device that passes a small output check (the report says which and why; "
+                              "lrprof ops lists them, lrprof build readies the fused kernel)"))
 FLAGS: list[tuple[str, str, bool, str]] = [
     ("backward", "--backward", False, "also count and time forward+backward"),
     ("instructions", "--instructions", False,
@@ -54,6 +57,7 @@ FLAGS: list[tuple[str, str, bool, str]] = [
 def layer(**options: Any) -> None:
     import lrprof.cli.byo as byo
     from lrprof.build.grid import layer_grid
+    from lrprof.build.ops.registry import get_op
     from lrprof.measure import instructions
     from lrprof.measure.timing import TimingOptions
     from lrprof.profile.layer import partial_layers, prepare_spec, profile_layers
@@ -79,12 +83,18 @@ def layer(**options: Any) -> None:
     cuda_only(flags, device)
     grid = layer_grid(common["op"], op_params, common["impl"], common["channels"], common["size"],
                       common["batch"], common["dtype"], str(device))
-    specs = [prepare_spec(spec) for spec in grid.specs]  # every row valid before anything runs
+    # every row valid before anything runs (auto chosen)
+    specs = [prepare_spec(spec, flags["instructions"]) for spec in grid.specs]
     if flags["instructions"]:
         if device.type != "cpu":
             raise SpecError("instructions", "counts CPU instructions: use it with --device cpu",
                             str(device))
         instructions.check_available()
+        for spec in specs:
+            problem = get_op(spec.op).impl(spec.impl).valgrind_problem()
+            if problem is not None:
+                raise SpecError("impl", f"one valgrind can run with --instructions ({spec.impl}: {problem})",
+                                spec.impl)
     out = out_dir(common["out"])
     measure = MeasureOptions(backward=flags["backward"], timing=timing, stock_counters=flags["stock"],
                              check_output=flags["check_output"], baseline=common["baseline"] != "none",
@@ -99,7 +109,7 @@ def layer(**options: Any) -> None:
     on_interrupt(running.keep)
     with Progress(total=len(specs), what="steps", title="lrprof layer", quiet=flags["quiet"],
                   delay_s=PROGRESS_DELAY_S) as reporter:
-        records = profile_layers(specs, measure, on_update=running.update, progress=reporter,
+        records = profile_layers(grid.specs, measure, on_update=running.update, progress=reporter,
                                  on_start=running.start)
     report, written = running.finish(records, plots=flags["plots"])
     show(report, written, flags["quiet"])

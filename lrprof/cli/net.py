@@ -11,6 +11,7 @@ import lrprof.cli.helptext as helptext
 from lrprof.cli.app import app, argv, failures, noise_warnings, on_interrupt, out_dir, set_threads, show
 from lrprof.cli.layer import PROGRESS_DELAY_S
 from lrprof.spec.errors import SpecError
+from lrprof.spec.layer import AUTO_IMPL
 
 
 @app.command(epilog=helptext.NET)
@@ -21,8 +22,9 @@ def net(
     k: Annotated[int | None, typer.Option(help="LR-Net: window size of the bottleneck layers")] = None,
     m: Annotated[int | None, typer.Option(help="LR-Net: channels per aggregation group")] = None,
     impl: Annotated[str | None, typer.Option(
-        help="LR-Net: implementation of its local relation layers (lrprof ops lists them); "
-             "also applied to --vs when that network has local relation layers")] = None,
+        help="LR-Net: implementation of its local relation layers (lrprof ops lists them), or auto "
+             "(the default: the fastest ready on the device that passes a small output check; the "
+             "report says which and why); also applied to --vs when that network has them")] = None,
     batch: Annotated[int, typer.Option(help="batch size B")] = 1,
     size: Annotated[str, typer.Option(help="input size N or HxW")] = "224",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N (default: cuda if present)")] = "auto",
@@ -88,13 +90,23 @@ def net(
             takes = ", ".join(n for n, d in known.items() if key in d.options) or "none"
             raise SpecError(key, f"not an option of {name}: it has no layer this option sets (networks "
                             f"that take --{key}: {takes})", value)
+    choice = None
+    impl_op = known[name].impl_op if name in known else None
+    if impl_op is not None and impl in (None, AUTO_IMPL):
+        from lrprof.build.ops.registry import get_op
+        from lrprof.profile.choice import choose_impl
+
+        params = {key: v for key, v in (("k", k), ("m", m)) if v is not None}
+        choice = choose_impl(get_op(impl_op), resolved, dtype, params)
+        impl = choice.impl
     if impl is not None:
         _check_impl(impl, resolved, dtype)
     overrides = tuple((key, v) for key, v in (("k", k), ("m", m), ("impl", impl)) if v is not None)
     specs = [NetSpec(name, batch, height, width, dtype, str(resolved), overrides)]
     specs[0].validate()
     if vs is not None:
-        vs_options = (("impl", impl),) if impl is not None and "impl" in _net_options(vs) else ()
+        same_op = choice is None or (vs in known and known[vs].impl_op == impl_op)
+        vs_options = (("impl", impl),) if impl is not None and "impl" in _net_options(vs) and same_op else ()
         specs.append(NetSpec(vs, batch, height, width, dtype, str(resolved), vs_options))
         try:
             specs[1].validate()
@@ -102,7 +114,9 @@ def net(
             raise SpecError("vs", exc.allowed, exc.got) from None
     out = out_dir(out)
     running = RunningReport(
-        "net", report_paths("net", out), lambda profiles, env: net_report(profiles, argv(), env),
+        "net", report_paths("net", out),
+        lambda profiles, env: net_report(profiles, argv(), env,
+                                              impl_choices=[choice.text()] if choice else []),
         lambda why, profiles: partial_nets(why, profiles, [s.label for s in specs]))
     on_interrupt(running.keep)
     with Progress(total=len(specs), what="steps", title="lrprof net", quiet=quiet,

@@ -19,7 +19,8 @@ LISTS = "comma-separated, ranges start:stop[:step]"
 # name -> (type, default, help): the one definition of each shared option
 CATALOGUE: dict[str, tuple[Any, Any, str]] = {
     "op": (str, "lr", "operator(s), comma-separated (lrprof ops lists them)"),
-    "impl": (str | None, None, "implementation(s), comma-separated, or all (default: the operator's first)"),
+    "impl": (str | None, None, "implementation(s), comma-separated, all, or auto (the fastest ready "
+                               "on the device); default: the operator's first"),
     "channels": (str, "64", "channels C (comma-separated for several)"),
     "size": (str, "56", "input size N or HxW (comma-separated for several)"),
     "batch": (str, "1", "batch size B"),

@@ -24,6 +24,7 @@ from lrprof.measure.accuracy import METHOD as OUTPUT_METHOD
 from lrprof.measure.accuracy import compare_with_reference
 from lrprof.measure.device import Environment, collect
 from lrprof.profile.checks import count_checks, settle
+from lrprof.profile.choice import is_auto, resolve_auto
 from lrprof.profile.instructions import count_rows
 from lrprof.profile.progress import NoProgress
 from lrprof.profile.replicate import build_row, time_in_processes
@@ -50,9 +51,13 @@ def available_impls(op: OpDef, device: torch.device, dtype: str) -> tuple[list[s
     return ok, missing
 
 
-def prepare_spec(spec: LayerSpec) -> LayerSpec:
-    """Resolved and validated, on a concrete device, with an implementation that runs there."""
+def prepare_spec(spec: LayerSpec, instructions: bool = False) -> LayerSpec:
+    """Resolved and validated, on a concrete device, with an implementation that runs there
+    (`auto`: the one `profile.choice` picks; with `instructions`, one valgrind can run)."""
     device = resolve_device(spec.device)
+    if is_auto(spec.impl):  # resolved (defaults filled in) first: auto chooses for these parameters
+        spec = resolve_spec(spec.replace(device=str(device), impl=None)).replace(impl=spec.impl)
+        spec, _ = resolve_auto(spec, instructions)
     spec = resolve_spec(spec.replace(device=str(device)))
     op = get_op(spec.op)
     reason = op.impl(spec.impl).unavailable_reason(device, spec.dtype)
@@ -120,8 +125,14 @@ def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None
             row.roles.append(role)
         return row
 
-    for spec in [prepare_spec(s) for s in specs]:
-        add(spec, MEASURED)
+    for asked in specs:
+        spec = prepare_spec(asked, options.instructions)
+        row = add(spec, MEASURED)
+        if is_auto(asked.impl):
+            same = asked.replace(device=spec.device, params=spec.params)
+            choice = resolve_auto(same, options.instructions)[1]
+            if choice is not None and choice.impl == spec.impl:
+                row.record.detail["impl_choice"] = choice.to_dict()
     if options.baseline:
         for row in list(rows.values()):
             reference = baseline_spec(row.spec)

@@ -329,6 +329,8 @@ def layer_report(records: list[Record], argv: list[str] | None = None,
         "implementation in float64, same weights and input.",
     ]
     notes += _unavailable_note(unavailable)
+    notes += list(dict.fromkeys(r.detail["impl_choice"]["text"] for r in records
+                                if r.detail.get("impl_choice")))
     notes += [f"output check of {r.name}: {r.detail['output_check_note']}"
               for r in records if r.detail.get("output_check_note")]
     timed = [s for r in records for s in r.latency.values()]

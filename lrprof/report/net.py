@@ -129,9 +129,9 @@ def layer_rows(profile: NetProfile, limit: int | None = None) -> list[dict[str, 
 
 def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
                environment: device_facts.Environment | None = None,
-               terminal_layers: int = 15) -> Report:
+               terminal_layers: int = 15, impl_choices: list[str] | None = None) -> Report:
     """All sections go to markdown; the terminal gets the summary views and the slowest
-    layers only."""
+    layers only. `impl_choices`: what `--impl auto` chose and why, one line each."""
     env = environment or device_facts.Environment.unrecorded(profiles[0].spec.device)
     sections = [Section("Networks (MACs: multiply-accumulates; 1 MAC = 2 FLOPs)", summary_rows(profiles),
                         essential=("net", NET_MS, NET_BWD_MS, "verdict", "fwd MACs (G)", "params (M)",
@@ -184,6 +184,7 @@ def net_report(profiles: list[NetProfile], argv: list[str] | None = None,
                  "networks of one report are interleaved, and so are their hooked breakdowns.")
     if any("fwd_bwd" in p.net.latency for p in profiles):
         notes.append("forward+backward runs in train mode (batch norm on batch statistics).")
+    notes += list(impl_choices or [])
     notes += noise.report_notes([p.net for p in profiles])
     return Report("net", env, records, sections, notes, argv or [])
 

@@ -24,6 +24,9 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+AUTO_IMPL = "auto"  # --impl auto: the fastest implementation ready on the device (profile/choice.py)
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

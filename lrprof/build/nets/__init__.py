@@ -45,6 +45,8 @@ class NetDef:
     # Open choices of the paper, each (label, builder overrides); the first is ours.
     choices: tuple[tuple[str, dict[str, Any]], ...] = ()
     notes: tuple[str, ...] = ()  # how this family is built, for the report
+    # the operator whose implementations the `impl` option names (`--impl auto` picks one)
+    impl_op: str | None = None
 
 
 _NETS: Registry[NetDef] = Registry("net", "network")

@@ -78,17 +78,17 @@ register_net(NetDef(
     "lr26", "LR-Net-26: [2,2,2,2] bottlenecks, 7x7 local relation (m=8), LR stem",
     lambda **o: lrnet(26, **o), dict(_OPTIONS),
     paper=(PaperFigures("LR-Net paper, Table 1 (7x7, m=8)", 14.7e6, 2.6e9),),
-    choices=CHOICES, notes=NOTES,
+    choices=CHOICES, notes=NOTES, impl_op="lr",
 ))
 register_net(NetDef(
     "lr50", "LR-Net-50: [3,4,6,3] bottlenecks, 7x7 local relation (m=8), LR stem",
     lambda **o: lrnet(50, **o), dict(_OPTIONS),
     paper=(PaperFigures("LR-Net paper, Table 1 (7x7, m=8)", 23.3e6, 4.3e9),),
-    choices=CHOICES, notes=NOTES,
+    choices=CHOICES, notes=NOTES, impl_op="lr",
 ))
 register_net(NetDef(
     "lr101", "LR-Net-101: [3,4,23,3] bottlenecks, 7x7 local relation (m=8), LR stem",
     lambda **o: lrnet(101, **o), dict(_OPTIONS),
     reconstructed=PaperFigures("reference reconstruction (not printed)", 40.84e6, 7.76e9),
-    notes=NOTES,
+    notes=NOTES, impl_op="lr",
 ))

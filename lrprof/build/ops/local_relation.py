@@ -311,8 +311,15 @@ def _register() -> None:
             summary="local relation layer (LR-Net): key/query 1x1, k x k relation softmax, 1x1",
             schema=SCHEMA,
             impls=tuple(Impl(r.name, r.summary, build, devices=r.devices, available=r.unavailable,
-                             backward=r.backward) for r in relations()),
+                             backward=r.backward, not_ready=r.not_ready, build_ahead=r.build_ahead,
+                             valgrind_problem=r.valgrind_problem)
+                        for r in relations()),
             reference="unfold",
+            # benchmarks/lr_impls.py, C=64 56x56 k=7 m=8 on the 2-core CPU: fused 1.4-1.7 ms,
+            # compiled ~10, shift ~11, unfold ~60; on CUDA by design (no device measured yet):
+            # Triton's one kernel, then the buffer-free eager shift, then unfold's k^2 buffer
+            speed_order={"cpu": ("fused", "compiled", "shift", "unfold"),
+                         "cuda": ("triton", "compiled", "shift", "unfold")},
             cost=cost,
             modules=(LocalRelation2d,),
             from_module=from_module,

@@ -39,8 +39,15 @@ class Impl:
     devices: tuple[str, ...] = ("cpu", "cuda")
     available: Availability = always
     backward: str = "autograd through the forward's ops"
+    # why a command would first spend a long one-time step on it (see `--impl auto`), or None
+    not_ready: Availability = always
+    # the one-time step done ahead by `lrprof build`: returns {"setup_s", "setup"}
+    build_ahead: Callable[[], dict[str, Any]] | None = None
+    # why it cannot run under valgrind (`--instructions`) here, or None
+    valgrind_problem: Callable[[], str | None] = lambda: None
 
     def unavailable_reason(self, device: torch.device, dtype: str) -> str | None:
+        """Why it cannot run on this device and dtype, or None."""
         if device.type not in self.devices:
             return f"runs on {', '.join(self.devices)} only"
         return self.available(device, dtype)
@@ -87,6 +94,9 @@ class OpDef:
     # replaces measure.accuracy.compare_with_reference for operators whose output is not a
     # continuous function of the input (DRConv's argmax), same signature
     check_output: Callable[..., Any] | None = None
+    # `--impl auto`: implementations fastest first, per device type, as measured (operators
+    # without an order for a device get their default)
+    speed_order: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def default_impl(self) -> str:

@@ -78,6 +78,10 @@ class Relation:
     # `lrprof build`: the one-time step done ahead, returning {"setup_s", "setup"}; None: none
     build_ahead: Any = None
 
+    def valgrind_problem(self) -> str | None:
+        """Why it cannot run under valgrind (`--instructions`) here, or None."""
+        return None
+
 
 _RELATIONS: Registry[Relation] = Registry("impl", "relation implementation")
 IMPLEMENTATIONS = ("unfold", "shift", "compiled", "fused_cpu", "triton_gpu")  # modules, in order

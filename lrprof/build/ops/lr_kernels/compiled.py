@@ -72,6 +72,9 @@ class Compiled(Relation):
             return "inductor's CPU code for float16/bfloat16 is not what this layer is profiled for"
         return None
 
+    def not_ready(self, device: torch.device, dtype: str) -> str | None:
+        return "torch.compile compiles it again in every process (tens of seconds here)"
+
     def function(self) -> Any:
         if self._function is None:
             self._function = torch.compile(window_relation, dynamic=False, fullgraph=True)

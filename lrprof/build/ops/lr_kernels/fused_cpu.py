@@ -100,6 +100,23 @@ def unavailable(device: torch.device, dtype: str) -> str | None:
     return None
 
 
+def built() -> bool:
+    """Whether this process has the extension, or this machine's cache holds a finished
+    build of this source that a process loads in well under a second (never builds)."""
+    if _BUILD.loaded:
+        return True
+    name = extension_name()
+    directory = build_directory(name)
+    return all(os.path.exists(os.path.join(directory, f"{name}{end}")) for end in (".so", ".ok"))
+
+
+def not_ready(device: torch.device, dtype: str) -> str | None:
+    if built():
+        return None
+    return ("not built on this machine yet: `lrprof build` compiles it once (about a minute; later "
+            "processes load it from the cache)")
+
+
 def load() -> None:
     """Build (or find in the cache) and load the extension, once per process.
 
@@ -230,16 +247,31 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def build_report() -> dict[str, Any]:
-    """{"setup_s", "setup"} the first time it is asked after loading, {} afterwards: the
-    build time is reported once per process."""
+def describe_build() -> dict[str, Any]:
+    """{"setup_s", "setup"}: the extension loaded (built first where the cache has none), how
+    and how long it took."""
     load()
-    if _BUILD.reported:
-        return {}
-    _BUILD.reported = True
     what = "built" if _BUILD.built else "loaded from the cache"
     return {"setup_s": _BUILD.seconds, "setup": f"C++ extension ({isa()}) {what} in {_BUILD.seconds:.1f} s "
                                                f"({_BUILD.directory})"}
+
+
+def build_report() -> dict[str, Any]:
+    """`describe_build()` the first time it is asked, {} afterwards: the build time is
+    reported once per process."""
+    described = describe_build()
+    if _BUILD.reported:
+        return {}
+    _BUILD.reported = True
+    return described
+
+
+def valgrind_problem() -> str | None:
+    """Why valgrind (--instructions) cannot run this build here: -march=native on an AVX-512
+    CPU compiles instructions valgrind does not decode."""
+    if expected_isa(cpu_flags()) == "avx512":
+        return "compiled for AVX-512 here, which valgrind cannot run (--instructions)"
+    return None
 
 
 def _register_python_side() -> None:
@@ -309,6 +341,14 @@ class Fused(Relation):
 
     def prepare(self, layer, inputs, backward):
         return build_report()
+
+    def not_ready(self, device: torch.device, dtype: str) -> str | None:
+        return not_ready(device, dtype)
+
+    build_ahead = staticmethod(describe_build)
+
+    def valgrind_problem(self) -> str | None:
+        return valgrind_problem()
 
     def traffic(self, n: Sizes) -> dict[str, int]:
         b, e = n.batch, n.e
