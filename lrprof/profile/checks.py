@@ -17,7 +17,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
+from lrprof.build.ops.registry import OpDef
+from lrprof.measure.accuracy import OutputCheck, compare_with_reference
 from lrprof.measure.counting import CountResult, missing_text
+from lrprof.spec.layer import LayerSpec
+
+
+def reference_check(op: OpDef, spec: LayerSpec, module: nn.Module, inputs: tuple) -> OutputCheck:
+    """`module`'s output on `inputs` against the operator's reference implementation in
+    float64, with the same weights (or the operator's own check, DRConv's)."""
+    name = op.reference_impl
+    reference = op.impl(name).build(spec.replace(dtype="float64", impl=name))
+    compare = op.check_output or compare_with_reference
+    return compare(module, reference, inputs, spec.dtype, name)
+
 
 FAILURES = ("uncounted ops", "opaque kernel", "counted < exact", "params != model", "output mismatch",
             "paper figures not reproduced")

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from lrprof.build.ops.registry import OpDef, get_op, resolve_spec
-from lrprof.measure.accuracy import compare_with_reference
+from lrprof.profile.checks import reference_check
+from lrprof.profile.replicate import build_row
 from lrprof.spec.layer import AUTO_IMPL, LayerSpec, resolve_device
 
 CHECK_SIZE = 12  # the output check's map is at most this many pixels a side (milliseconds)
@@ -94,19 +95,19 @@ def _output_problem(op: OpDef, impl: str, device: torch.device, dtype: str,
                      batch=1, dtype=dtype, device=str(device), **params)
     try:
         spec = resolve_spec(spec, validate=False)
-        torch.manual_seed(0)
-        module = op.impl(impl).build(spec).to(device=device, dtype=spec.torch_dtype).eval()
-        reference = op.impl(op.reference_impl).build(spec.replace(dtype="float64", impl=op.reference_impl))
-        inputs = op.make_inputs(spec, torch.Generator().manual_seed(1))
-        compare = op.check_output or compare_with_reference
-        check = compare(module, reference, inputs, dtype, op.reference_impl)
+        module, inputs = build_row(spec, 0, device)
+        check = reference_check(op, spec, module, inputs)
     except Exception as exc:  # an implementation that fails here is not chosen; the reason says so
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        return f"failed its output check: {type(exc).__name__}: {first}"
+        return f"failed its output check: {_first_line(exc, 200)}"
     if not check.ok:
         return (f"failed its output check: rel. error {check.max_rel_err:.2g} against float64 "
                 f"(tolerance {check.tolerance:.0e})")
     return None
+
+
+def _first_line(exc: Exception, limit: int) -> str:
+    """'TypeName: the first line of its message' (at most `limit` characters of it)."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:limit]}"
 
 
 def resolve_auto(spec: LayerSpec, instructions: bool = False) -> tuple[LayerSpec, Choice | None]:
@@ -144,8 +145,7 @@ def build_ahead(device: torch.device) -> list[Built]:
             try:
                 report = impl.build_ahead() or {}
             except Exception as exc:  # a missing or broken compiler: said, and the exit status says it
-                first = (str(exc).strip().splitlines() or [""])[0][:300]
-                done.append(Built(op.name, impl.name, None, "", f"{type(exc).__name__}: {first}"))
+                done.append(Built(op.name, impl.name, None, "", _first_line(exc, 300)))
                 continue
             done.append(Built(op.name, impl.name, report.get("setup_s"), report.get("setup", "ready")))
     _choose.cache_clear()  # what is ready has changed

@@ -21,10 +21,9 @@ from lrprof.build.ops import CostModel, OpDef, get_op, resolve_spec
 from lrprof.build.ops.registry import spec_label
 from lrprof.measure import counting, roofline
 from lrprof.measure.accuracy import METHOD as OUTPUT_METHOD
-from lrprof.measure.accuracy import compare_with_reference
 from lrprof.measure.device import Environment, collect
-from lrprof.profile.checks import count_checks, settle
-from lrprof.profile.choice import is_auto, resolve_auto
+from lrprof.profile.checks import count_checks, reference_check, settle
+from lrprof.profile.choice import Choice, is_auto, resolve_auto
 from lrprof.profile.instructions import count_rows
 from lrprof.profile.progress import NoProgress
 from lrprof.profile.replicate import build_row, time_in_processes
@@ -54,10 +53,17 @@ def available_impls(op: OpDef, device: torch.device, dtype: str) -> tuple[list[s
 def prepare_spec(spec: LayerSpec, instructions: bool = False) -> LayerSpec:
     """Resolved and validated, on a concrete device, with an implementation that runs there
     (`auto`: the one `profile.choice` picks; with `instructions`, one valgrind can run)."""
+    return prepare_and_choose(spec, instructions)[0]
+
+
+def prepare_and_choose(spec: LayerSpec, instructions: bool = False) -> tuple[LayerSpec, Choice | None]:
+    """`prepare_spec`, and what `auto` chose and why (None where the spec named its
+    implementation)."""
     device = resolve_device(spec.device)
+    choice = None
     if is_auto(spec.impl):  # resolved (defaults filled in) first: auto chooses for these parameters
         spec = resolve_spec(spec.replace(device=str(device), impl=None)).replace(impl=spec.impl)
-        spec, _ = resolve_auto(spec, instructions)
+        spec, choice = resolve_auto(spec, instructions)
     spec = resolve_spec(spec.replace(device=str(device)))
     op = get_op(spec.op)
     reason = op.impl(spec.impl).unavailable_reason(device, spec.dtype)
@@ -65,7 +71,7 @@ def prepare_spec(spec: LayerSpec, instructions: bool = False) -> LayerSpec:
         ok, _ = available_impls(op, device, spec.dtype)
         raise SpecError("impl", f"{spec.impl} cannot run here ({reason}); available: "
                         f"{', '.join(ok) or 'none'}", spec.impl)
-    return spec
+    return spec, choice
 
 
 def baseline_spec(spec: LayerSpec) -> LayerSpec | None:
@@ -126,13 +132,10 @@ def profile_layers(specs: list[LayerSpec], options: MeasureOptions | None = None
         return row
 
     for asked in specs:
-        spec = prepare_spec(asked, options.instructions)
+        spec, choice = prepare_and_choose(asked, options.instructions)
         row = add(spec, MEASURED)
-        if is_auto(asked.impl):
-            same = asked.replace(device=spec.device, params=spec.params)
-            choice = resolve_auto(same, options.instructions)[1]
-            if choice is not None and choice.impl == spec.impl:
-                row.record.detail["impl_choice"] = choice.to_dict()
+        if choice is not None:
+            row.record.detail["impl_choice"] = choice.to_dict()
     if options.baseline:
         for row in list(rows.values()):
             reference = baseline_spec(row.spec)
@@ -317,10 +320,8 @@ def _count(record: Record, module: nn.Module, inputs: tuple, cost: CostModel,
 def _check_output(row: _Row, op: OpDef, options: MeasureOptions) -> None:
     spec = row.spec
     reference_name = op.reference_impl
-    reference = op.impl(reference_name).build(spec.replace(dtype="float64", impl=reference_name))
     inputs = op.make_inputs(spec, torch.Generator().manual_seed(options.seed + 1))
-    compare = op.check_output or compare_with_reference
-    check = compare(row.module, reference, inputs, spec.dtype, reference_name)
+    check = reference_check(op, spec, row.module, inputs)
     row.record.checks.update({"output_max_rel_err": check.max_rel_err,
                               "output_tolerance": check.tolerance, "output_ok": check.ok})
     row.record.detail["output_check"] = f"{OUTPUT_METHOD} ({reference_name})"
