@@ -4,13 +4,15 @@ Measured for real: fresh `lrprof layer` profiles, compared pair by pair.
 
     python benchmarks/compare_power.py --pairs 30 --instruction-pairs 2   # the full run
     python benchmarks/compare_power.py --pairs 2 --instruction-pairs 0    # a smoke run
+    python benchmarks/compare_power.py --cases quiet --instruction-pairs 0  # the quiet case alone
 
-Every profile is a fresh `lrprof layer` process: one small local relation layer beside its
-3x3 conv baseline, 1 thread, pinned to one core. Two cases run side by side, each on its own
-core (the other engineers' work on the machine is not ours to stop: the load average is
-printed): quiet (nothing of ours beside the profile) and loaded (a busy-loop CPU hog pinned
-to the same core, started before the new profile and running until its comparison, rerun
-included, is done). Each round i makes:
+Every profile is `lrprof layer --repeat 3` (three fresh processes, as the docs' CI recipe
+makes both sides; `--repeat 1` for the single-process profiles of earlier tables): one small
+local relation layer beside its 3x3 conv baseline, 1 thread, pinned to one core. Two cases
+run side by side, each on its own core (the other engineers' work on the machine is not ours
+to stop: the load average is printed): quiet (nothing of ours beside the profile) and loaded
+(a busy-loop CPU hog pinned to the same core, started before the new profile and running
+until its comparison, rerun included, is done). Each round i makes:
   C_i    identical code, quiet core (also the old side of every pair of round i);
   x1.3   the layer's forward also spins a calibrated Python loop (+30 % of its time,
   x3     or +200 %; injected through a sitecustomize module in the profile's environment);
@@ -84,6 +86,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--size", type=int, default=14)
     parser.add_argument("--min-time", type=float, default=0.05, help="seconds of timing per row and process")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="fresh processes per profile (layer --repeat), as the docs' CI recipe "
+                        "makes both sides")
+    parser.add_argument("--cases", default=",".join(CASES), help="which cases to run: quiet, loaded or both")
     parser.add_argument("--keep", type=Path, help="keep the profiles here (default: a temporary directory)")
     return parser.parse_args()
 
@@ -93,7 +99,7 @@ def layer_command(args: argparse.Namespace, out: Path, instructions: bool) -> li
     command = [sys.executable, "-m", "lrprof", "layer", "--op", "lr", "--impl", "unfold", "--k", "7",
                "--m", "8", "--channels", str(args.channels), "--size", str(args.size), "--threads", "1",
                "--device", "cpu", "--no-stock", "--no-check-output", "--no-plots", "--min-runs", "10",
-               "--min-time", str(args.min_time), "--out", str(out), "--quiet"]
+               "--min-time", str(args.min_time), "--repeat", str(args.repeat), "--out", str(out), "--quiet"]
     return command + (["--instructions"] if instructions else [])
 
 
@@ -223,6 +229,9 @@ class Bench:
 
 def main() -> None:
     args = parse_args()
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not cases or any(c not in CASES for c in cases):
+        raise SystemExit(f"--cases: quiet, loaded or both, comma-separated; got {args.cases!r}")
     from lrprof.gate.compare import parse_percent
 
     slowdown = parse_percent(args.max_slowdown, "max-slowdown")
@@ -245,7 +254,8 @@ def main() -> None:
     os.sched_setaffinity(0, {args.quiet_core, args.loaded_core})
     print(f"profiles in {work}; {args.pairs} rounds; quiet core {args.quiet_core}, loaded core "
           f"{args.loaded_core} (a busy-loop hog pinned there); 1 thread, lr k=7 m=8 C={args.channels} "
-          f"{args.size}x{args.size} with its 3x3 conv baseline, --min-time {args.min_time}; threshold "
+          f"{args.size}x{args.size} with its 3x3 conv baseline, --min-time {args.min_time}, "
+          f"--repeat {args.repeat} (each profile); cases: {', '.join(cases)}; threshold "
           f"{args.max_slowdown}; rerun gate: --normalize baseline --on-inconclusive rerun --rerun-budget "
           f"{args.rerun_budget}; code slowdowns "
           + ", ".join(f"x{f:g}: {n} loop iterations" for f, n in zip(factors, spins, strict=True)),
@@ -299,8 +309,9 @@ def main() -> None:
     previous = None
     for i in range(1, args.pairs + 1):
         old = profile(args, work / f"c{i}", base_env, args.quiet_core)
-        threads = [threading.Thread(target=run_case, args=(case, core, i, old, previous))
-                   for case, core in (("quiet", args.quiet_core), ("loaded", args.loaded_core))]
+        cores = {"quiet": args.quiet_core, "loaded": args.loaded_core}
+        threads = [threading.Thread(target=run_case, args=(case, cores[case], i, old, previous))
+                   for case in cases]
         for t in threads:
             t.start()
         for t in threads:
