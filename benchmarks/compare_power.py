@@ -80,6 +80,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quiet-core", type=int, default=0)
     parser.add_argument("--loaded-core", type=int, default=1, help="the core the hog and its profiles share")
     parser.add_argument("--slowdowns", default="1.3,3", help="the two code slowdowns (x1.3, x3)")
+    parser.add_argument("--spins", help="loop iterations for the two slowdowns, comma-separated, instead of "
+                        "calibrating them (a calibration is good to about 5%%: see its line in the output)")
     parser.add_argument("--max-slowdown", default="10%", help="the threshold every gate uses")
     parser.add_argument("--max-instruction-growth", default="1%")
     parser.add_argument("--rerun-budget", default="90s", help="--rerun-budget of the rerun gate")
@@ -271,12 +273,18 @@ def main() -> None:
     (work / "site").mkdir(exist_ok=True)
     (work / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     factors = [float(f) for f in args.slowdowns.split(",")]
-    calibrated = [calibrate_spin(args, f - 1) for f in factors]
+    if args.spins:
+        calibrated = [int(n) for n in args.spins.split(",")]
+        if len(calibrated) != len(factors) or min(calibrated) < 1:
+            raise SystemExit(f"--spins: one positive count per slowdown ({args.slowdowns}); "
+                             f"got {args.spins!r}")
+    else:
+        calibrated = [calibrate_spin(args, f - 1) for f in factors]
     base_env = dict(os.environ)
     base_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), base_env.get("PYTHONPATH")]))
     site_env = {**base_env, "PYTHONPATH": os.pathsep.join([str(work / "site"), base_env["PYTHONPATH"]])}
-    spins = [refine_spin(args, work, site_env, spin, f - 1)
-             for f, spin in zip(factors, calibrated, strict=True)]
+    spins = calibrated if args.spins else [refine_spin(args, work, site_env, spin, f - 1)
+                                           for f, spin in zip(factors, calibrated, strict=True)]
     envs = {"identical": base_env}
     for code, spin in zip(CODES[1:], spins, strict=True):
         envs[code] = {**base_env, "LRPROF_BENCH_SPIN": str(spin),
@@ -288,7 +296,8 @@ def main() -> None:
           f"--repeat {args.repeat} (each profile); cases: {', '.join(cases)}; threshold "
           f"{args.max_slowdown}; rerun gate: --normalize baseline --on-inconclusive rerun --rerun-budget "
           f"{args.rerun_budget}; code slowdowns "
-          + ", ".join(f"x{f:g}: {n} loop iterations (calibrated {c}, corrected on a pair of profiles)"
+          + ", ".join(f"x{f:g}: {n} loop iterations"
+                      + ("" if args.spins else f" (calibrated {c}, corrected on a pair of profiles)")
                       for f, n, c in zip(factors, spins, calibrated, strict=True)),
           flush=True)
     load_before = os.getloadavg()
